@@ -92,6 +92,8 @@ pub struct Accepted {
     pub manufacturer: String,
     /// Shifted study date (YYYYMMDD), empty if none.
     pub study_date: String,
+    /// The instance had no Patient ID: its pseudonym stands for its study alone.
+    pub pseudonym_from_study: bool,
 }
 
 /// De-identifies one instance with the broker's keys, for a site.
@@ -101,10 +103,19 @@ pub fn deidentify(bytes: &[u8], site: &SiteId, keys: &Pseudonymizer) -> Result<O
     let ds = file.dataset;
 
     let patient_id = dicom::text(&ds, Tag(0x0010, 0x0020)).unwrap_or("");
-    if patient_id.is_empty() {
-        return Err(DeidError::NoPatientId);
-    }
-    let pseudonym = keys.pseudonym(site, patient_id);
+    // Without a Patient ID the instance is still de-identified, as a patient of its own
+    // study (keyed by the Study Instance UID): it cannot be linked to other studies or to
+    // clinical records, and the report says so.
+    let pseudonym_from_study = patient_id.is_empty();
+    let pseudonym = if pseudonym_from_study {
+        let study = dicom::text(&ds, Tag(0x0020, 0x000D)).unwrap_or("");
+        if study.is_empty() {
+            return Err(DeidError::NoPatientId);
+        }
+        keys.pseudonym(site, &format!("study:{study}"))
+    } else {
+        keys.pseudonym(site, patient_id)
+    };
     let sop_class = dicom::text(&ds, Tag(0x0008, 0x0016))
         .filter(|s| !s.is_empty())
         .or(file.media_sop_class.as_deref())
@@ -128,7 +139,9 @@ pub fn deidentify(bytes: &[u8], site: &SiteId, keys: &Pseudonymizer) -> Result<O
         scrub: Vec::new(),
     };
     collect_identifying(&ds, &sop_class, &mut ctx.scrub);
-    ctx.scrub.push(patient_id.as_bytes().to_ascii_uppercase());
+    if !patient_id.is_empty() {
+        ctx.scrub.push(patient_id.as_bytes().to_ascii_uppercase());
+    }
     ctx.scrub.sort_by_key(|t| std::cmp::Reverse(t.len()));
     ctx.scrub.dedup();
 
@@ -167,6 +180,7 @@ pub fn deidentify(bytes: &[u8], site: &SiteId, keys: &Pseudonymizer) -> Result<O
         sop_uid,
         sop_class,
         pseudonym,
+        pseudonym_from_study,
     };
     Ok(Outcome::Accepted(Box::new(accepted)))
 }

@@ -35,4 +35,6 @@
 pub mod deid;
 pub mod dicom;
 pub mod pseudonym;
+pub mod synth;
 pub mod tables;
+pub mod tree;

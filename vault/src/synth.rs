@@ -1,0 +1,1 @@
+//! Synthetic, identifiable mpMRI corpora (being written).
