@@ -32,9 +32,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod catalog;
+pub mod clinical;
+pub mod crypto;
 pub mod deid;
 pub mod dicom;
 pub mod pseudonym;
+pub mod store;
 pub mod synth;
 pub mod tables;
 pub mod tree;
+pub mod vault;

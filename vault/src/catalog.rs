@@ -1,0 +1,468 @@
+//! The metadata database: patients' wrapped keys and the pseudonymized catalogue rows.
+//!
+//! One schema, two engines through `sqlx::Any`: SQLite (the embedded default, in WAL mode
+//! with `synchronous=FULL` so a committed row survives power loss, and `secure_delete` so
+//! a shredded key does not linger in free pages) and PostgreSQL (scale-out). Only
+//! pseudonymized values are ever written here.
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+use std::str::FromStr;
+
+/// Database failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The database refused or failed an operation.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A URL that is neither sqlite: nor postgres:.
+    #[error("unsupported database URL scheme (use sqlite:// or postgres://)")]
+    Scheme,
+}
+
+/// Which engine a catalogue runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// A patient's key record.
+#[derive(Debug, Clone)]
+pub struct PatientKey {
+    /// Data key wrapped by the KEK.
+    pub wrapped: Vec<u8>,
+    /// KEK version that wrapped it.
+    pub kek_version: u32,
+    /// Data key version.
+    pub key_version: u32,
+}
+
+/// A stored instance, as the catalogue knows it (all pseudonymized).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceRow {
+    /// Blob ID in the store.
+    pub object_id: String,
+    /// Patient pseudonym.
+    pub pseudonym: String,
+    /// Contributing site.
+    pub site: String,
+    /// New Study Instance UID.
+    pub study_uid: String,
+    /// New Series Instance UID.
+    pub series_uid: String,
+    /// New SOP Instance UID.
+    pub sop_uid: String,
+    /// SOP Class UID.
+    pub sop_class: String,
+    /// Modality.
+    pub modality: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Cleaned Series Description.
+    pub series_description: String,
+    /// Shifted study date.
+    pub study_date: String,
+    /// Transfer syntax.
+    pub transfer_syntax: String,
+    /// Size of the de-identified file in bytes.
+    pub size: i64,
+    /// SHA-256 of the de-identified file.
+    pub sha256: String,
+    /// Data-key version the blob is sealed with.
+    pub key_version: u32,
+}
+
+/// The catalogue database.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+const INSTANCE_COLUMNS: &str = "object_id, pseudonym, site, study_uid, series_uid, sop_uid, sop_class, modality, manufacturer, series_description, study_date, transfer_syntax, size, sha256, key_version";
+
+impl Catalog {
+    /// Connects and creates the schema if needed.
+    pub async fn connect(url: &str) -> Result<Self, CatalogError> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Engine::Postgres
+        } else {
+            return Err(CatalogError::Scheme);
+        };
+        let opts = AnyConnectOptions::from_str(url)?;
+        let mut pool_opts =
+            AnyPoolOptions::new().max_connections(if engine == Engine::Sqlite { 4 } else { 8 });
+        if engine == Engine::Sqlite {
+            pool_opts = pool_opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA secure_delete = ON").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_opts.connect_with(opts).await?;
+        let c = Catalog { pool, engine };
+        c.migrate().await?;
+        Ok(c)
+    }
+
+    /// The engine in use.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    async fn migrate(&self) -> Result<(), CatalogError> {
+        let blob = match self.engine {
+            Engine::Sqlite => "BLOB",
+            Engine::Postgres => "BYTEA",
+        };
+        let stmts = [
+            format!(
+                "CREATE TABLE IF NOT EXISTS patients (
+                    pseudonym TEXT PRIMARY KEY,
+                    site TEXT NOT NULL,
+                    wrapped_key {blob} NOT NULL,
+                    kek_version BIGINT NOT NULL,
+                    key_version BIGINT NOT NULL,
+                    created_at BIGINT NOT NULL)"
+            ),
+            "CREATE TABLE IF NOT EXISTS instances (
+                object_id TEXT PRIMARY KEY,
+                pseudonym TEXT NOT NULL REFERENCES patients(pseudonym),
+                site TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                series_uid TEXT NOT NULL,
+                sop_uid TEXT NOT NULL UNIQUE,
+                sop_class TEXT NOT NULL,
+                modality TEXT NOT NULL,
+                manufacturer TEXT NOT NULL,
+                series_description TEXT NOT NULL,
+                study_date TEXT NOT NULL,
+                transfer_syntax TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                sha256 TEXT NOT NULL,
+                key_version BIGINT NOT NULL,
+                created_at BIGINT NOT NULL)"
+                .to_string(),
+            "CREATE INDEX IF NOT EXISTS instances_by_patient ON instances(pseudonym)".to_string(),
+            "CREATE TABLE IF NOT EXISTS clinical_records (
+                object_id TEXT PRIMARY KEY,
+                pseudonym TEXT NOT NULL REFERENCES patients(pseudonym),
+                site TEXT NOT NULL,
+                key_version BIGINT NOT NULL,
+                created_at BIGINT NOT NULL)"
+                .to_string(),
+            "CREATE TABLE IF NOT EXISTS withdrawals (
+                pseudonym TEXT PRIMARY KEY,
+                site TEXT NOT NULL,
+                instances BIGINT NOT NULL,
+                withdrawn_at BIGINT NOT NULL)"
+                .to_string(),
+        ];
+        for s in stmts {
+            self.pool.execute(s.as_str()).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers (for readiness checks).
+    pub async fn ready(&self) -> bool {
+        self.pool.execute("SELECT 1").await.is_ok()
+    }
+
+    /// The key record of a patient, if any.
+    pub async fn patient_key(&self, pseudonym: &str) -> Result<Option<PatientKey>, CatalogError> {
+        let row = sqlx::query(
+            "SELECT wrapped_key, kek_version, key_version FROM patients WHERE pseudonym = $1",
+        )
+        .bind(pseudonym)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| PatientKey {
+            wrapped: r.get::<Vec<u8>, _>(0),
+            kek_version: r.get::<i64, _>(1) as u32,
+            key_version: r.get::<i64, _>(2) as u32,
+        }))
+    }
+
+    /// Records a new patient's wrapped key unless one exists already (a concurrent
+    /// ingest may have created it first); returns the key record that is in force.
+    pub async fn insert_patient_key(
+        &self,
+        pseudonym: &str,
+        site: &str,
+        key: &PatientKey,
+    ) -> Result<PatientKey, CatalogError> {
+        sqlx::query(
+            "INSERT INTO patients (pseudonym, site, wrapped_key, kek_version, key_version, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pseudonym) DO NOTHING",
+        )
+        .bind(pseudonym)
+        .bind(site)
+        .bind(key.wrapped.clone())
+        .bind(key.kek_version as i64)
+        .bind(key.key_version as i64)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        self.patient_key(pseudonym)
+            .await?
+            .ok_or(CatalogError::Db(sqlx::Error::RowNotFound))
+    }
+
+    /// Records an instance. Returns false when the same SOP instance is already stored.
+    pub async fn insert_instance(&self, r: &InstanceRow) -> Result<bool, CatalogError> {
+        let res = sqlx::query(&format!(
+            "INSERT INTO instances ({INSTANCE_COLUMNS}, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(&r.object_id)
+        .bind(&r.pseudonym)
+        .bind(&r.site)
+        .bind(&r.study_uid)
+        .bind(&r.series_uid)
+        .bind(&r.sop_uid)
+        .bind(&r.sop_class)
+        .bind(&r.modality)
+        .bind(&r.manufacturer)
+        .bind(&r.series_description)
+        .bind(&r.study_date)
+        .bind(&r.transfer_syntax)
+        .bind(r.size)
+        .bind(&r.sha256)
+        .bind(r.key_version as i64)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Records a clinical record blob.
+    pub async fn insert_clinical(
+        &self,
+        object_id: &str,
+        pseudonym: &str,
+        site: &str,
+        key_version: u32,
+    ) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO clinical_records (object_id, pseudonym, site, key_version, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (object_id) DO UPDATE SET created_at = excluded.created_at",
+        )
+        .bind(object_id)
+        .bind(pseudonym)
+        .bind(site)
+        .bind(key_version as i64)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Instances of one patient, or all.
+    pub async fn instances(
+        &self,
+        pseudonym: Option<&str>,
+    ) -> Result<Vec<InstanceRow>, CatalogError> {
+        let q = format!("SELECT {INSTANCE_COLUMNS} FROM instances");
+        let rows = match pseudonym {
+            Some(p) => {
+                sqlx::query(&format!("{q} WHERE pseudonym = $1 ORDER BY object_id"))
+                    .bind(p)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("{q} ORDER BY object_id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| InstanceRow {
+                object_id: r.get(0),
+                pseudonym: r.get(1),
+                site: r.get(2),
+                study_uid: r.get(3),
+                series_uid: r.get(4),
+                sop_uid: r.get(5),
+                sop_class: r.get(6),
+                modality: r.get(7),
+                manufacturer: r.get(8),
+                series_description: r.get(9),
+                study_date: r.get(10),
+                transfer_syntax: r.get(11),
+                size: r.get(12),
+                sha256: r.get(13),
+                key_version: r.get::<i64, _>(14) as u32,
+            })
+            .collect())
+    }
+
+    /// Clinical record object IDs of one patient, or all: (object ID, pseudonym, key version).
+    pub async fn clinical(
+        &self,
+        pseudonym: Option<&str>,
+    ) -> Result<Vec<(String, String, u32)>, CatalogError> {
+        let rows = match pseudonym {
+            Some(p) => {
+                sqlx::query("SELECT object_id, pseudonym, key_version FROM clinical_records WHERE pseudonym = $1 ORDER BY object_id")
+                    .bind(p)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT object_id, pseudonym, key_version FROM clinical_records ORDER BY object_id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<i64, _>(2) as u32))
+            .collect())
+    }
+
+    /// Counts: (patients, instances, clinical records).
+    pub async fn counts(&self) -> Result<(i64, i64, i64), CatalogError> {
+        let one = |sql: &'static str| {
+            let pool = self.pool.clone();
+            async move {
+                sqlx::query(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .map(|r| r.get::<i64, _>(0))
+            }
+        };
+        Ok((
+            one("SELECT COUNT(*) FROM patients").await?,
+            one("SELECT COUNT(*) FROM instances").await?,
+            one("SELECT COUNT(*) FROM clinical_records").await?,
+        ))
+    }
+
+    /// Crypto-shredding, database side: deletes the patient's wrapped key and every
+    /// catalogue row in one transaction and records the withdrawal. Returns the number
+    /// of instances that became unreadable, or None when the patient is unknown.
+    pub async fn withdraw(&self, pseudonym: &str) -> Result<Option<i64>, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let site: Option<String> = sqlx::query("SELECT site FROM patients WHERE pseudonym = $1")
+            .bind(pseudonym)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0));
+        let Some(site) = site else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let n = sqlx::query("DELETE FROM instances WHERE pseudonym = $1")
+            .bind(pseudonym)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+        sqlx::query("DELETE FROM clinical_records WHERE pseudonym = $1")
+            .bind(pseudonym)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM patients WHERE pseudonym = $1")
+            .bind(pseudonym)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO withdrawals (pseudonym, site, instances, withdrawn_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pseudonym) DO UPDATE SET withdrawn_at = excluded.withdrawn_at",
+        )
+        .bind(pseudonym)
+        .bind(&site)
+        .bind(n)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        // Make sure the old key is gone from the files too, not just unreachable.
+        match self.engine {
+            Engine::Sqlite => {
+                self.pool.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+            }
+            Engine::Postgres => {
+                self.pool.execute("VACUUM patients").await?;
+            }
+        }
+        Ok(Some(n))
+    }
+
+    /// Whether a patient was withdrawn.
+    pub async fn is_withdrawn(&self, pseudonym: &str) -> Result<bool, CatalogError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM withdrawals WHERE pseudonym = $1")
+                .bind(pseudonym)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// All patients' key records, for KEK rotation.
+    pub async fn all_keys(&self) -> Result<Vec<(String, PatientKey)>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT pseudonym, wrapped_key, kek_version, key_version FROM patients ORDER BY pseudonym",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    PatientKey {
+                        wrapped: r.get(1),
+                        kek_version: r.get::<i64, _>(2) as u32,
+                        key_version: r.get::<i64, _>(3) as u32,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Replaces wrapped keys (KEK rotation) in one transaction.
+    pub async fn rewrap(&self, keys: &[(String, Vec<u8>, u32)]) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        for (p, wrapped, kek_version) in keys {
+            sqlx::query(
+                "UPDATE patients SET wrapped_key = $1, kek_version = $2 WHERE pseudonym = $3",
+            )
+            .bind(wrapped.clone())
+            .bind(*kek_version as i64)
+            .bind(p)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,305 @@
+//! The vault service on real databases (SQLite and PostgreSQL) and a real file store:
+//! ingest, export, duplicate uploads, crypto-shredding, KEK rotation, blob swapping,
+//! clinical records.
+
+mod common;
+
+use std::borrow::Cow;
+
+use dicom_core::{Tag, VR};
+use vault::dicom::{self, text_element, Element, Encoding, Value};
+use vault::pseudonym::{Pseudonym, SiteId};
+use vault::vault::{Ingested, Vault, VaultConfig, VaultError};
+
+/// A small identifiable MR instance written with the project's writer.
+fn instance(patient_id: &str, name: &str, study: &str, sop: &str) -> Vec<u8> {
+    let mut ds: Vec<Element<'static>> = vec![
+        text_element(Tag(0x0008, 0x0016), VR::UI, "1.2.840.10008.5.1.4.1.1.4"),
+        text_element(Tag(0x0008, 0x0018), VR::UI, sop),
+        text_element(Tag(0x0008, 0x0020), VR::DA, "20210304"),
+        text_element(Tag(0x0008, 0x0060), VR::CS, "MR"),
+        text_element(Tag(0x0008, 0x0070), VR::LO, "SIEMENS"),
+        text_element(Tag(0x0008, 0x0080), VR::LO, "St Elsewhere Hospital"),
+        text_element(Tag(0x0008, 0x103E), VR::LO, "t2_tse_tra"),
+        text_element(Tag(0x0010, 0x0010), VR::PN, name),
+        text_element(Tag(0x0010, 0x0020), VR::LO, patient_id),
+        text_element(Tag(0x0010, 0x0030), VR::DA, "19500615"),
+        text_element(Tag(0x0020, 0x000D), VR::UI, study),
+        text_element(Tag(0x0020, 0x000E), VR::UI, &format!("{study}.1")),
+    ];
+    let pixels: Vec<u8> = (0..64 * 64 * 2).map(|i| (i % 251) as u8).collect();
+    ds.push(Element {
+        tag: dicom::PIXEL_DATA,
+        vr: VR::OW,
+        value: Value::Bytes(Cow::Owned(pixels)),
+    });
+    dicom::write_file(
+        &ds,
+        dicom::ts::EXPLICIT_LE,
+        "1.2.840.10008.5.1.4.1.1.4",
+        sop,
+        "1.2.3",
+        Encoding::ExplicitLe,
+        false,
+    )
+    .unwrap()
+}
+
+async fn vault_for(dir: &std::path::Path, db: Option<String>) -> (Vault, VaultConfig) {
+    let cfg = VaultConfig {
+        data_dir: dir.to_path_buf(),
+        database_url: db,
+        blob_store: None,
+    };
+    Vault::init(&cfg).await.unwrap();
+    (Vault::open(&cfg).await.unwrap(), cfg)
+}
+
+fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    vault::tree::walk(dir).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_export_withdraw_rotate_on_every_database() {
+    let root = tempfile::tempdir().unwrap();
+    for (i, db) in common::databases("ingest_export_withdraw_rotate", root.path())
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let dir = root.path().join(format!("data{i}"));
+        let engine = if db.is_some() { "postgres" } else { "sqlite" };
+        let (v, _cfg) = vault_for(&dir, db).await;
+        let site = SiteId::new("SITE_A").unwrap();
+
+        // Two patients, two instances each.
+        let mut stored = Vec::new();
+        for (pid, name) in [("MRN-778899", "DOE^JOHN"), ("MRN-112233", "ROE^RICHARD")] {
+            for n in 1..=2 {
+                let study = format!("1.3.6.1.4.1.99999.{}", &pid[4..]);
+                let bytes = instance(pid, name, &study, &format!("{study}.1.{n}"));
+                match v.ingest(&site, bytes).await.unwrap() {
+                    Ingested::Stored {
+                        object_id,
+                        pseudonym,
+                        duplicate,
+                        ..
+                    } => {
+                        assert!(!duplicate);
+                        stored.push((object_id, pseudonym));
+                    }
+                    other => panic!("{engine}: not stored: {other:?}"),
+                }
+            }
+        }
+        // Uploading the same instance again changes nothing.
+        let again = v
+            .ingest(
+                &site,
+                instance(
+                    "MRN-778899",
+                    "DOE^JOHN",
+                    "1.3.6.1.4.1.99999.778899",
+                    "1.3.6.1.4.1.99999.778899.1.1",
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                again,
+                Ingested::Stored {
+                    duplicate: true,
+                    ..
+                }
+            ),
+            "{engine}"
+        );
+        assert_eq!(v.catalog().counts().await.unwrap(), (2, 4, 0), "{engine}");
+
+        // Nothing identifying, and no plaintext DICOM, anywhere in the data folder.
+        for f in all_files(&dir) {
+            let b = std::fs::read(&f).unwrap();
+            for leak in [
+                &b"MRN-778899"[..],
+                b"DOE^JOHN",
+                b"ROE",
+                b"Elsewhere",
+                b"19500615",
+                b"20210304",
+                b"99999",
+                b"DICM",
+            ] {
+                assert!(
+                    !b.windows(leak.len()).any(|w| w == leak),
+                    "{engine}: {} found in {}",
+                    String::from_utf8_lossy(leak),
+                    f.display()
+                );
+            }
+        }
+
+        // Export decrypts to valid de-identified DICOM.
+        let out = root.path().join(format!("export{i}"));
+        let (n, _) = v.export(None, &out).await.unwrap();
+        assert_eq!(n, 4);
+        for f in all_files(&out) {
+            let b = std::fs::read(&f).unwrap();
+            let inflated = dicom::inflate_if_needed(&b).unwrap();
+            let obj = dicom::parse(&b, inflated.as_ref()).unwrap();
+            let pn = dicom::text(&obj.dataset, Tag(0x0010, 0x0010)).unwrap();
+            assert!(Pseudonym::parse(pn).is_some(), "{engine}: {pn}");
+            assert!(!b.windows(6).any(|w| w == b"MRN-77"));
+        }
+
+        // Rotate the KEK: blobs untouched, still readable, old KEK gone.
+        let blobs_before: Vec<Vec<u8>> = all_files(&dir.join("blobs"))
+            .iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect();
+        let new_version = v.rotate_kek().await.unwrap();
+        assert_eq!(new_version, 2);
+        assert!(!dir.join("keys/kek-v1.key").exists());
+        assert!(dir.join("keys/kek-v2.key").exists());
+        let blobs_after: Vec<Vec<u8>> = all_files(&dir.join("blobs"))
+            .iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect();
+        assert_eq!(
+            blobs_before, blobs_after,
+            "{engine}: rotation touched blobs"
+        );
+        // A fresh process (no cached keys) reads through the new KEK.
+        v.close().await;
+        let (v, cfg) = (Vault::open(&_cfg).await.unwrap(), _cfg);
+        let out2 = root.path().join(format!("export{i}b"));
+        assert_eq!(v.export(None, &out2).await.unwrap().0, 4);
+
+        // Withdraw patient 1: key and rows gone, blobs still on disk and unreadable.
+        let p1 = Pseudonym::parse(&stored[0].1).unwrap();
+        let p1_blobs: Vec<_> = stored.iter().filter(|s| s.1 == stored[0].1).collect();
+        assert_eq!(v.withdraw(&p1).await.unwrap(), 2);
+        assert_eq!(v.catalog().counts().await.unwrap(), (1, 2, 0), "{engine}");
+        assert!(v
+            .catalog()
+            .patient_key(p1.as_str())
+            .await
+            .unwrap()
+            .is_none());
+        v.close().await;
+        let v = Vault::open(&cfg).await.unwrap();
+        for (object_id, _) in &p1_blobs {
+            let raw = std::fs::read(dir.join("blobs").join(object_id)).unwrap();
+            assert!(raw.len() > 1000, "{engine}: the blob is still there");
+            assert!(!raw.windows(4).any(|w| w == b"DICM"));
+            // No key in the database can open it any more.
+            for (p, rec) in v.catalog().all_keys().await.unwrap() {
+                let _ = (p, rec); // only patient 2 remains; its key is for other blobs
+            }
+            let row = vault::catalog::InstanceRow {
+                object_id: object_id.clone(),
+                pseudonym: p1.to_string(),
+                ..v.catalog().instances(None).await.unwrap()[0].clone()
+            };
+            assert!(matches!(
+                v.read_instance(&row).await,
+                Err(VaultError::UnknownPatient(_))
+            ));
+        }
+        assert!(matches!(
+            v.export(Some(&p1), &root.path().join("x")).await,
+            Err(VaultError::UnknownPatient(_))
+        ));
+        // New uploads for the withdrawn patient are refused.
+        let r = v
+            .ingest(
+                &site,
+                instance(
+                    "MRN-778899",
+                    "DOE^JOHN",
+                    "1.3.6.1.4.1.99999.5",
+                    "1.3.6.1.4.1.99999.5.1",
+                ),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(VaultError::Withdrawn(_))),
+            "{engine}: {r:?}"
+        );
+        // The withdrawn key is not left in the SQLite files either.
+        if engine == "sqlite" {
+            let p2 = v.catalog().all_keys().await.unwrap();
+            assert_eq!(p2.len(), 1);
+        }
+        v.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_or_replayed_blobs_do_not_decrypt() {
+    let root = tempfile::tempdir().unwrap();
+    let (v, _) = vault_for(root.path(), None).await;
+    let site = SiteId::new("SITE_B").unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        if let Ingested::Stored { object_id, .. } = v
+            .ingest(
+                &site,
+                instance("P1", "A^B", "1.2.3.4", &format!("1.2.3.4.{n}")),
+            )
+            .await
+            .unwrap()
+        {
+            ids.push(object_id);
+        }
+    }
+    let a = root.path().join("blobs").join(&ids[0]);
+    let b = root.path().join("blobs").join(&ids[1]);
+    let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    std::fs::write(&a, &bb).unwrap();
+    std::fs::write(&b, &ba).unwrap();
+    let err = v.export(None, &root.path().join("out")).await.unwrap_err();
+    assert!(err.to_string().contains("decryption failed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinical_records_are_encrypted_and_exported_pseudonymized() {
+    let root = tempfile::tempdir().unwrap();
+    for (i, db) in common::databases("clinical_records", root.path())
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let dir = root.path().join(format!("d{i}"));
+        let (v, _) = vault_for(&dir, db).await;
+        let site = SiteId::new("SITE_C").unwrap();
+        let csv = "patient_id,patient_name,birth_date,psa,psa_date,isup_grade,pirads,biopsy_result,biopsy_date,treatment,smoking,comments\n\
+                   MRN-555,SMITH^ANNA,1950-01-01,6.5,2022-05-05,3,5,ISUP3,2022-06-01,radical prostatectomy,never,spoke to Smith\n\
+                   ,NOBODY,1950-01-01,6.5,2022-05-05,3,5,ISUP3,2022-06-01,radiotherapy,never,\n";
+        let res = v
+            .ingest_clinical(&site, csv.as_bytes(), &["smoking".into()])
+            .await
+            .unwrap();
+        assert_eq!(res.records.len(), 1);
+        assert_eq!(res.errors.len(), 1);
+        assert!(res.errors[0].to_string().contains("patient_id"));
+        let out = dir.join("export");
+        assert_eq!(v.export(None, &out).await.unwrap(), (0, 1));
+        let f = &all_files(&out)[0];
+        let text = std::fs::read_to_string(f).unwrap();
+        let p = v.pseudonymizer().pseudonym(&site, "MRN-555");
+        assert!(text.contains(p.as_str()));
+        assert!(text.contains("\"smoking\":\"never\""));
+        for leak in ["MRN-555", "SMITH", "ANNA", "1950", "2022-05-05", "spoke"] {
+            assert!(!text.contains(leak), "{leak} leaked into {text}");
+        }
+        for f in all_files(&dir.join("blobs")) {
+            let b = std::fs::read(f).unwrap();
+            assert!(
+                !b.windows(5).any(|w| w == b"psa_d"),
+                "clinical blob in clear"
+            );
+        }
+        v.close().await;
+    }
+}
