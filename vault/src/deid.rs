@@ -229,7 +229,6 @@ const WELL_KNOWN_UID_TAGS: &[(u16, u16)] = &[
     (0x0008, 0x0117),
     (0x0008, 0x0118),
     (0x0008, 0x1150),
-    (0x0040, 0xDB0D),
 ];
 
 /// Whether a UID value is well known (a class, transfer syntax, coding scheme...) and so
