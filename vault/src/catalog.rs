@@ -15,6 +15,9 @@ pub enum CatalogError {
     /// The database refused or failed an operation.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The group commit failed; the row is not stored.
+    #[error("database commit failed: {0}")]
+    Commit(String),
     /// A URL that is neither sqlite: nor postgres:.
     #[error("unsupported database URL scheme (use sqlite:// or postgres://)")]
     Scheme,
@@ -80,6 +83,84 @@ pub struct InstanceRow {
 pub struct Catalog {
     pool: AnyPool,
     engine: Engine,
+    batcher: tokio::sync::mpsc::Sender<Pending>,
+}
+
+/// An instance row waiting for the group commit, with the channel its caller waits on.
+type Pending = (
+    InstanceRow,
+    tokio::sync::oneshot::Sender<Result<bool, String>>,
+);
+
+/// Most rows committed in one transaction by the group commit.
+const MAX_BATCH: usize = 256;
+
+/// Group commit: rows from concurrent ingests are written in one transaction, so the
+/// cost of a durable commit (an fsync) is shared while every caller still waits for its
+/// own row to be durable. The task ends when every `Catalog` clone is dropped.
+async fn group_commit(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let mut fresh = Vec::with_capacity(batch.len());
+            for (row, _) in &batch {
+                fresh.push(insert_instance_row(&mut *tx, row).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(fresh)
+        }
+        .await;
+        match result {
+            Ok(fresh) => {
+                for ((_, reply), f) in batch.into_iter().zip(fresh) {
+                    let _ = reply.send(Ok(f));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn insert_instance_row<'c, E>(conn: E, r: &InstanceRow) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let res = sqlx::query(&format!(
+        "INSERT INTO instances ({INSTANCE_COLUMNS}, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT DO NOTHING"
+    ))
+    .bind(&r.object_id)
+    .bind(&r.pseudonym)
+    .bind(&r.site)
+    .bind(&r.study_uid)
+    .bind(&r.series_uid)
+    .bind(&r.sop_uid)
+    .bind(&r.sop_class)
+    .bind(&r.modality)
+    .bind(&r.manufacturer)
+    .bind(&r.series_description)
+    .bind(&r.study_date)
+    .bind(&r.transfer_syntax)
+    .bind(r.size)
+    .bind(&r.sha256)
+    .bind(r.key_version as i64)
+    .bind(now())
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
 }
 
 const INSTANCE_COLUMNS: &str = "object_id, pseudonym, site, study_uid, series_uid, sop_uid, sop_class, modality, manufacturer, series_description, study_date, transfer_syntax, size, sha256, key_version";
@@ -111,7 +192,13 @@ impl Catalog {
             });
         }
         let pool = pool_opts.connect_with(opts).await?;
-        let c = Catalog { pool, engine };
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(group_commit(pool.clone(), rx));
+        let c = Catalog {
+            pool,
+            engine,
+            batcher: tx,
+        };
         c.migrate().await?;
         Ok(c)
     }
@@ -220,32 +307,17 @@ impl Catalog {
             .ok_or(CatalogError::Db(sqlx::Error::RowNotFound))
     }
 
-    /// Records an instance. Returns false when the same SOP instance is already stored.
+    /// Records an instance durably (group-committed with concurrent callers). Returns
+    /// false when the same SOP instance is already stored.
     pub async fn insert_instance(&self, r: &InstanceRow) -> Result<bool, CatalogError> {
-        let res = sqlx::query(&format!(
-            "INSERT INTO instances ({INSTANCE_COLUMNS}, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-             ON CONFLICT DO NOTHING"
-        ))
-        .bind(&r.object_id)
-        .bind(&r.pseudonym)
-        .bind(&r.site)
-        .bind(&r.study_uid)
-        .bind(&r.series_uid)
-        .bind(&r.sop_uid)
-        .bind(&r.sop_class)
-        .bind(&r.modality)
-        .bind(&r.manufacturer)
-        .bind(&r.series_description)
-        .bind(&r.study_date)
-        .bind(&r.transfer_syntax)
-        .bind(r.size)
-        .bind(&r.sha256)
-        .bind(r.key_version as i64)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
-        Ok(res.rows_affected() == 1)
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        self.batcher
+            .send((r.clone(), reply))
+            .await
+            .map_err(|_| CatalogError::Commit("the group-commit writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| CatalogError::Commit("the group-commit writer has stopped".into()))?
+            .map_err(CatalogError::Commit)
     }
 
     /// Records a clinical record blob.
