@@ -24,6 +24,10 @@
 //!   parameters, which the basic profile keeps anyway; serial numbers and station names go.
 //!   The full Retain Device Identity option is therefore *not* declared.
 //!
+//! Where Table E.1-1 does not list an attribute: UIDs are replaced, dates shifted, free
+//! text (LT, ST, UT: an SR's Text Value, for example) replaced by a dummy value, overlay
+//! and curve groups removed whole; everything else is kept.
+//!
 //! Every UI value other than well-known ones (anything under the DICOM root
 //! `1.2.840.10008`, and class or coding-scheme UIDs) is replaced by a keyed `2.25.` UID,
 //! at any depth, so a SEG's references to its source series keep pointing at the right
@@ -372,6 +376,12 @@ impl Ctx<'_> {
             if g == 0x0002 || g == 0xFFFC || e == 0x0000 {
                 continue; // meta in the data set, trailing padding, group lengths
             }
+            if g & 0xFF00 == 0x6000 || g & 0xFF00 == 0x5000 {
+                // Overlays and curves: Table E.1-1 removes their data and comments; an
+                // overlay plane without its data is invalid, and overlays can carry
+                // burned-in text, so the whole repeating group goes.
+                continue;
+            }
             if let Some(el) = self.element(el, depth) {
                 out.push(el);
             }
@@ -404,6 +414,10 @@ impl Ctx<'_> {
             None => Some(match el.vr {
                 VR::UI => self.remap_uids(el),
                 VR::DA | VR::DT => self.shift_dates(el),
+                // Free text the table does not list (an SR content item's Text Value, for
+                // example) cannot be vetted: it is replaced by a dummy value, which keeps
+                // content items valid.
+                VR::LT | VR::ST | VR::UT => self.dummy(el, depth),
                 _ => self.keep(el, depth),
             }),
             Some("X") => None,

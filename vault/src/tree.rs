@@ -108,6 +108,7 @@ pub fn deid_tree(
         rejected: 0,
         files: Vec::with_capacity(files.len()),
     };
+    let mut written: std::collections::HashMap<PathBuf, usize> = Default::default();
     for (index, path) in files.iter().enumerate() {
         // The output may sit inside the input tree; never read our own outputs back.
         if path
@@ -143,6 +144,11 @@ pub fn deid_tree(
                     fr.warning = Some(
                         "no Patient ID (0010,0020): pseudonymized per study, not linkable to other studies or clinical records".into(),
                     );
+                }
+                if let Some(first) = written.insert(rel.clone(), index) {
+                    fr.warning = Some(format!(
+                        "same SOP Instance UID as input #{first}: its output was replaced by this one"
+                    ));
                 }
                 fr.pseudonym = Some(a.pseudonym.to_string());
                 fr.output = Some(rel.to_string_lossy().into_owned());

@@ -85,14 +85,13 @@ pub fn private_is_safe(group: u16, creator: &str, element: u8) -> bool {
         .is_ok()
 }
 
-/// Attribute type (1, 2 or 3) in the IODs hbs stores, for the attributes whose Table
-/// E.1-1 action is combined (X/Z, X/D, Z/D, X/Z/D). Source: PS3.3 module tables of the
-/// MR Image, Enhanced MR Image, Segmentation, CT Image, Secondary Capture and RT Structure
-/// Set IODs. An attribute not listed here is Type 3 (optional) in all of them, so the
-/// combined code resolves to its removal.
-pub fn iod_type(tag: Tag, sop_class: &str) -> u8 {
-    // Enhanced (multi-frame) IODs include the Enhanced General Equipment module, where the
-    // device serial number is Type 1, and content date and time are Type 1.
+/// Attribute type (1, 2 or 3) of an attribute whose Table E.1-1 action is combined (X/Z,
+/// X/D, Z/D, X/Z/D), in the IOD of `sop_class`, where hbs knows it; `None` where it does
+/// not. Known: the MR Image, Enhanced MR Image, Segmentation and CT Image IODs, the ones
+/// ProstateNET stores (source: the PS3.3 module tables of General Equipment, Enhanced
+/// General Equipment, General Series, General Study, Patient, Contrast/Bolus, Content
+/// Identification and Acquisition Context).
+pub fn iod_type(tag: Tag, sop_class: &str) -> Option<u8> {
     let enhanced = matches!(
         sop_class,
         "1.2.840.10008.5.1.4.1.1.4.1" // Enhanced MR Image
@@ -100,18 +99,32 @@ pub fn iod_type(tag: Tag, sop_class: &str) -> u8 {
             | "1.2.840.10008.5.1.4.1.1.2.1" // Enhanced CT Image
             | "1.2.840.10008.5.1.4.1.1.66.4" // Segmentation
     );
-    match (tag.group(), tag.element()) {
-        // Patient module: Patient ID is Type 2.
+    let classic = matches!(
+        sop_class,
+        "1.2.840.10008.5.1.4.1.1.4" // MR Image
+            | "1.2.840.10008.5.1.4.1.1.2" // CT Image
+    );
+    if !enhanced && !classic {
+        return None;
+    }
+    Some(match (tag.group(), tag.element()) {
+        // Patient: Patient ID is Type 2.
         (0x0010, 0x0020) => 2,
-        // Contrast/Bolus module: Contrast/Bolus Agent is Type 2.
+        // Contrast/Bolus: Contrast/Bolus Agent is Type 2.
         (0x0018, 0x0010) => 2,
-        // Content Identification module (SEG): Content Creator's Name is Type 2.
+        // Content Identification (SEG): Content Creator's Name is Type 2.
         (0x0070, 0x0084) => 2,
-        // Acquisition Context module: Acquisition Context Sequence is Type 2.
+        // Acquisition Context (enhanced): Acquisition Context Sequence is Type 2.
         (0x0040, 0x0555) => 2,
-        // Enhanced General Equipment: Device Serial Number Type 1.
-        (0x0018, 0x1000) if enhanced => 1,
-        // General Image (2C) / Multi-frame Functional Groups (1): Content Date and Time.
+        // Enhanced General Equipment: Device Serial Number is Type 1; General Equipment: 3.
+        (0x0018, 0x1000) => {
+            if enhanced {
+                1
+            } else {
+                3
+            }
+        }
+        // Content Date and Time: Type 1 in the enhanced IODs, 2C in General Image.
         (0x0008, 0x0023) | (0x0008, 0x0033) => {
             if enhanced {
                 1
@@ -119,45 +132,53 @@ pub fn iod_type(tag: Tag, sop_class: &str) -> u8 {
                 2
             }
         }
-        _ => 3,
-    }
+        // General Equipment, General Series, General Study, General Image, General
+        // Acquisition: all Type 3.
+        (0x0008, 0x0080) // Institution Name
+        | (0x0008, 0x0082) // Institution Code Sequence
+        | (0x0008, 0x1010) // Station Name
+        | (0x0008, 0x1070) // Operators' Name
+        | (0x0008, 0x1072) // Operator Identification Sequence
+        | (0x0008, 0x1110) // Referenced Study Sequence
+        | (0x0008, 0x1111) // Referenced Performed Procedure Step Sequence
+        | (0x0008, 0x0012) // Instance Creation Date
+        | (0x0008, 0x0013) // Instance Creation Time
+        | (0x0008, 0x0021) // Series Date
+        | (0x0008, 0x0031) // Series Time
+        | (0x0008, 0x0022) // Acquisition Date
+        | (0x0008, 0x0032) // Acquisition Time
+        | (0x0008, 0x002A) // Acquisition DateTime
+        | (0x0018, 0x1030) // Protocol Name
+        | (0x0018, 0x1400) // Acquisition Device Processing Description
+        | (0x0032, 0x1060) // Requested Procedure Description
+        | (0x0010, 0x2203) // Patient's Sex Neutered
+        => 3,
+        _ => return None,
+    })
 }
 
 /// Resolves a combined action code (X/Z, X/D, Z/D, X/Z/D) to a single one by the
 /// attribute's type: Type 1 needs a dummy value (D), Type 2 may be empty (Z), Type 3 may
-/// go (X). X/Z/U* resolves to U: the sequences carrying it (Referenced Image Sequence,
-/// Source Image Sequence) hold the references a SEG needs to its source images, so hbs
-/// keeps them with every UID inside replaced. Single codes come back unchanged.
-pub fn resolve_combined(code: &'static str, iod_type: u8) -> &'static str {
-    match code {
-        "X/Z/U*" => "U",
-        "X/Z" => {
-            if iod_type <= 2 {
-                "Z"
-            } else {
-                "X"
-            }
-        }
-        "X/D" => {
-            if iod_type <= 2 {
-                "D"
-            } else {
-                "X"
-            }
-        }
-        "Z/D" => {
-            if iod_type == 1 {
-                "D"
-            } else {
-                "Z"
-            }
-        }
-        "X/Z/D" => match iod_type {
-            1 => "D",
-            2 => "Z",
-            _ => "X",
-        },
-        other => other,
+/// go (X). Where the type is not known (`None`: an IOD hbs does not model), the code
+/// resolves to the action that keeps any IOD valid: Z for X/Z and X/Z/D (an empty value
+/// is valid for Type 2 and Type 3), D for X/D and Z/D only where Type 1 is known. Either
+/// way the value is gone. X/Z/U* resolves to U: the sequences carrying it (Referenced
+/// Image Sequence, Source Image Sequence) hold the references a SEG needs to its source
+/// images, so hbs keeps them with every UID inside replaced. Single codes come back
+/// unchanged.
+pub fn resolve_combined(code: &'static str, iod_type: Option<u8>) -> &'static str {
+    match (code, iod_type) {
+        ("X/Z/U*", _) => "U",
+        ("X/Z", Some(3)) => "X",
+        ("X/Z", _) => "Z",
+        ("X/D", Some(3)) => "X",
+        ("X/D", _) => "D",
+        ("Z/D", Some(1)) => "D",
+        ("Z/D", _) => "Z",
+        ("X/Z/D", Some(1)) => "D",
+        ("X/Z/D", Some(3)) => "X",
+        ("X/Z/D", _) => "Z",
+        (other, _) => other,
     }
 }
 
@@ -200,7 +221,7 @@ mod tests {
     #[test]
     fn every_row_resolves_to_one_known_action() {
         for row in profile::PROFILE {
-            for t in [1, 2, 3] {
+            for t in [Some(1), Some(2), Some(3), None] {
                 let a = resolve_combined(row.basic, t);
                 assert!(
                     ["D", "Z", "X", "K", "C", "U"].contains(&a),
@@ -214,19 +235,27 @@ mod tests {
 
     #[test]
     fn combined_codes_follow_the_attribute_type() {
-        assert_eq!(resolve_combined("X/Z/D", 1), "D");
-        assert_eq!(resolve_combined("X/Z/D", 2), "Z");
-        assert_eq!(resolve_combined("X/Z/D", 3), "X");
-        assert_eq!(resolve_combined("Z/D", 1), "D");
-        assert_eq!(resolve_combined("Z/D", 2), "Z");
-        assert_eq!(resolve_combined("X/D", 3), "X");
-        assert_eq!(resolve_combined("X/D", 1), "D");
-        assert_eq!(resolve_combined("X/Z", 2), "Z");
-        assert_eq!(resolve_combined("X/Z", 3), "X");
+        assert_eq!(resolve_combined("X/Z/D", Some(1)), "D");
+        assert_eq!(resolve_combined("X/Z/D", Some(2)), "Z");
+        assert_eq!(resolve_combined("X/Z/D", Some(3)), "X");
+        assert_eq!(resolve_combined("X/Z/D", None), "Z");
+        assert_eq!(resolve_combined("Z/D", Some(1)), "D");
+        assert_eq!(resolve_combined("Z/D", Some(2)), "Z");
+        assert_eq!(resolve_combined("X/D", Some(3)), "X");
+        assert_eq!(resolve_combined("X/D", Some(1)), "D");
+        assert_eq!(resolve_combined("X/D", None), "D");
+        assert_eq!(resolve_combined("X/Z", Some(2)), "Z");
+        assert_eq!(resolve_combined("X/Z", Some(3)), "X");
+        assert_eq!(resolve_combined("X/Z", None), "Z");
         // Device Serial Number: Type 1 in Enhanced MR, Type 3 in classic MR.
         let dsn = Tag(0x0018, 0x1000);
-        assert_eq!(iod_type(dsn, "1.2.840.10008.5.1.4.1.1.4.1"), 1);
-        assert_eq!(iod_type(dsn, "1.2.840.10008.5.1.4.1.1.4"), 3);
+        assert_eq!(iod_type(dsn, "1.2.840.10008.5.1.4.1.1.4.1"), Some(1));
+        assert_eq!(iod_type(dsn, "1.2.840.10008.5.1.4.1.1.4"), Some(3));
+        // Operators' Name: Type 3 in General Series; unknown (kept empty) in RT Plan,
+        // whose RT Series module makes it Type 2.
+        let ops = Tag(0x0008, 0x1070);
+        assert_eq!(iod_type(ops, "1.2.840.10008.5.1.4.1.1.4"), Some(3));
+        assert_eq!(iod_type(ops, "1.2.840.10008.5.1.4.1.1.481.5"), None);
     }
 
     #[test]
