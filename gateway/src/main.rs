@@ -1,13 +1,14 @@
 //! `hbs`: the honest-broker gateway of ProstateNET. This binary only wires the crates
-//! together: command-line parsing, configuration, and (once the gateway lands) the HTTPS
-//! server. Domain logic lives in the library crates.
+//! together: command-line parsing, configuration and output. Domain logic lives in the
+//! library crates (`vault` for now; the HTTPS gateway, audit log and policy follow).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod cli;
 
 /// The honest-broker gateway of ProstateNET.
@@ -18,8 +19,68 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where the vault keeps its data: the embedded default unless told otherwise.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data folder: keys, the SQLite database and local blobs.
+    #[arg(long, env = "HBS_DATA", default_value = "hbs-data")]
+    pub data: PathBuf,
+    /// Database URL (sqlite://... or postgres://...); default: SQLite in the data folder.
+    #[arg(long, env = "HBS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Blob store (local:PATH, objfs:PATH, memory:); default: local:DATA/blobs.
+    #[arg(long, env = "HBS_BLOB_STORE")]
+    pub blob_store: Option<String>,
+}
+
+impl DataArgs {
+    fn config(&self) -> vault::vault::VaultConfig {
+        vault::vault::VaultConfig {
+            data_dir: self.data.clone(),
+            database_url: self.database_url.clone(),
+            blob_store: self.blob_store.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Create a data folder: broker secret, key-encryption key, database (idempotent).
+    Init {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Synthesize a corpus, then de-identify, encrypt and store it, and say what happened.
+    Demo {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Patients to synthesize.
+        #[arg(long, default_value_t = 12)]
+        patients: usize,
+        /// Sites to spread them over.
+        #[arg(long, default_value_t = 3)]
+        sites: usize,
+    },
+    /// De-identify, encrypt and store a site's folder of DICOM files (and clinical CSV).
+    Ingest {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The contributing site's code.
+        #[arg(long)]
+        site: String,
+        /// Folder of identifiable DICOM files.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The site's clinical-record CSV (see vault::clinical for the columns).
+        #[arg(long)]
+        clinical: Option<PathBuf>,
+        /// Extra CSV columns the site declares free of identifying values.
+        #[arg(long, value_delimiter = ',')]
+        safe_columns: Vec<String>,
+        /// Instances processed at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+    },
     /// De-identify a folder tree with the engine the gateway uses (a site's preview).
     Deid {
         /// The site code the data comes from (e.g. SITE_A).
@@ -35,11 +96,107 @@ enum Cmd {
         #[arg(long = "out")]
         output: PathBuf,
     },
+    /// Write a synthetic, identifiable corpus (three vendors, mpMRI, SEG, clinical CSV).
+    Synth {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of patients.
+        #[arg(long, default_value_t = 10)]
+        patients: usize,
+        /// Number of sites.
+        #[arg(long, default_value_t = 3)]
+        sites: usize,
+        /// Seed (same seed, same corpus).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Slices per series.
+        #[arg(long, default_value_t = 4)]
+        slices: usize,
+    },
+    /// Measure the vault beside its bound and its peers; writes a Markdown report.
+    Bench {
+        /// Patients in the synthetic corpus.
+        #[arg(long, default_value_t = 40)]
+        patients: usize,
+        /// Slices per series.
+        #[arg(long, default_value_t = 12)]
+        slices: usize,
+        /// Scratch folder (corpus, outputs; identifiable synthetic data, removed after).
+        #[arg(long, default_value = "target/bench-work")]
+        work: PathBuf,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        report: PathBuf,
+        /// Python with dicognito installed, to run it as a peer.
+        #[arg(long, env = "HBS_PYTHON")]
+        python: Option<PathBuf>,
+    },
+    /// Operator commands on the stored data.
+    #[command(subcommand)]
+    Vault(VaultCmd),
+}
+
+#[derive(Subcommand)]
+enum VaultCmd {
+    /// Decrypt one patient's instances and clinical records, or all, into a folder.
+    Export {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The patient's pseudonym (PN-...); all patients when absent.
+        #[arg(long)]
+        patient: Option<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Consent withdrawn: destroy the patient's data key and catalogue rows.
+    Withdraw {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The patient's pseudonym (PN-...).
+        #[arg(long)]
+        patient: String,
+    },
+    /// Rotate the key-encryption key (rewraps data keys; blobs untouched).
+    RotateKek {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Counts of what the vault holds.
+    Stats {
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HBS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hbs: error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(run(cli));
+    if std::env::var_os("HBS_PRINT_PEAK_RSS").is_some() {
+        if let Some(mb) = bench::peak_rss_mb() {
+            eprintln!("peak_rss_mb={mb:.1}");
+        }
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hbs: error: {e:#}");
@@ -48,13 +205,63 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Init { data } => cli::init(&data.config()).await,
+        Cmd::Demo {
+            data,
+            patients,
+            sites,
+        } => cli::demo(&data.config(), patients, sites).await,
+        Cmd::Ingest {
+            data,
+            site,
+            input,
+            clinical,
+            safe_columns,
+            jobs,
+        } => {
+            cli::ingest(
+                &data.config(),
+                &site,
+                &input,
+                clinical.as_deref(),
+                &safe_columns,
+                jobs,
+            )
+            .await
+        }
         Cmd::Deid {
             site,
             key_file,
             input,
             output,
-        } => cli::deid(&site, &key_file, &input, &output).context("hbs deid"),
+        } => cli::deid(&site, &key_file, &input, &output),
+        Cmd::Synth {
+            out,
+            patients,
+            sites,
+            seed,
+            slices,
+        } => cli::synth(&out, patients, sites, seed, slices),
+        Cmd::Bench {
+            patients,
+            slices,
+            work,
+            report,
+            python,
+        } => {
+            let r = bench::run(patients, slices, &work, &report, python).await;
+            let _ = std::fs::remove_dir_all(&work);
+            r
+        }
+        Cmd::Vault(VaultCmd::Export { data, patient, out }) => {
+            cli::export(&data.config(), patient.as_deref(), &out).await
+        }
+        Cmd::Vault(VaultCmd::Withdraw { data, patient }) => {
+            cli::withdraw(&data.config(), &patient).await
+        }
+        Cmd::Vault(VaultCmd::RotateKek { data }) => cli::rotate_kek(&data.config()).await,
+        Cmd::Vault(VaultCmd::Stats { data }) => cli::stats(&data.config()).await,
     }
 }

@@ -301,23 +301,28 @@ fn collect_identifying(ds: &[Element<'_>], sop_class: &str, out: &mut Vec<Vec<u8
                     continue;
                 }
                 for v in b.split(|&c| c == b'\\') {
-                    let v = dicom::trim_text(v);
+                    // Bytes, not text: values in ISO_IR 100 and other single-byte
+                    // character sets are not UTF-8, and must be found all the same.
+                    let v = dicom::trim_bytes(v);
                     push_token(out, v);
                     if el.vr == VR::PN {
-                        for part in v.split(['^', '=', ' ']) {
+                        for part in v.split(|c| matches!(c, b'^' | b'=' | b' ')) {
                             push_token(out, part);
                         }
                     }
                     if el.vr == VR::DA && v.len() == 8 {
                         // The same date written the ways people type it.
-                        let (y, m, d) = (&v[0..4], &v[4..6], &v[6..8]);
-                        for f in [
-                            format!("{y}-{m}-{d}"),
-                            format!("{d}.{m}.{y}"),
-                            format!("{d}/{m}/{y}"),
-                            format!("{m}/{d}/{y}"),
-                        ] {
-                            push_token(out, &f);
+                        let t = dicom::trim_text(v);
+                        if t.len() == 8 {
+                            let (y, m, d) = (&t[0..4], &t[4..6], &t[6..8]);
+                            for f in [
+                                format!("{y}-{m}-{d}"),
+                                format!("{d}.{m}.{y}"),
+                                format!("{d}/{m}/{y}"),
+                                format!("{m}/{d}/{y}"),
+                            ] {
+                                push_token(out, f.as_bytes());
+                            }
                         }
                     }
                 }
@@ -327,10 +332,10 @@ fn collect_identifying(ds: &[Element<'_>], sop_class: &str, out: &mut Vec<Vec<u8
     }
 }
 
-fn push_token(out: &mut Vec<Vec<u8>>, v: &str) {
-    let v = v.trim();
+fn push_token(out: &mut Vec<Vec<u8>>, v: &[u8]) {
+    let v = dicom::trim_bytes(v);
     if v.len() >= 2 {
-        out.push(v.as_bytes().to_ascii_uppercase());
+        out.push(v.to_ascii_uppercase());
     }
 }
 
@@ -530,8 +535,14 @@ impl Ctx<'_> {
                 }
             }
         }
-        let t = dicom::trim_text(&s).to_string();
-        dicom::padded(vr, t.into_bytes())
+        // Collapse the gaps left where values were cut out.
+        let mut t: Vec<u8> = Vec::with_capacity(s.len());
+        for &c in dicom::trim_bytes(&s) {
+            if !(c == b' ' && t.last() == Some(&b' ')) {
+                t.push(c);
+            }
+        }
+        dicom::padded(vr, t)
     }
 }
 
@@ -651,5 +662,51 @@ mod tests {
         assert_eq!(effective_action(Tag(0x0008, 0x0070), VR::LO, mr), None);
         assert_eq!(effective_action(Tag(0x0008, 0x1090), VR::LO, mr), None);
         assert_eq!(effective_action(Tag(0x0018, 0x0087), VR::DS, mr), None);
+    }
+
+    #[test]
+    fn descriptors_are_cleaned_in_single_byte_character_sets() {
+        use std::borrow::Cow;
+        let keys = Pseudonymizer::new(&[1u8; 32]).unwrap();
+        let site = SiteId::new("S").unwrap();
+        let ds = vec![
+            text_element(Tag(0x0008, 0x0005), VR::CS, "ISO_IR 100"),
+            text_element(Tag(0x0008, 0x0016), VR::UI, "1.2.840.10008.5.1.4.1.1.4"),
+            text_element(Tag(0x0008, 0x0018), VR::UI, "1.2.3.4"),
+            Element {
+                tag: Tag(0x0008, 0x103E),
+                vr: VR::LO,
+                value: Value::Bytes(Cow::Owned(b"Ax T2 FRFSE FERREIRA M\xdcLLER".to_vec())),
+            },
+            Element {
+                tag: Tag(0x0010, 0x0010),
+                vr: VR::PN,
+                value: Value::Bytes(Cow::Owned(b"FERREIRA^JO\xc3O".to_vec())),
+            },
+            text_element(Tag(0x0010, 0x0020), VR::LO, "ID9"),
+        ];
+        let f = dicom::write_file(
+            &ds,
+            dicom::ts::EXPLICIT_LE,
+            "1.2.840.10008.5.1.4.1.1.4",
+            "1.2.3.4",
+            "1.2",
+            dicom::Encoding::ExplicitLe,
+            false,
+        )
+        .unwrap();
+        let Outcome::Accepted(a) = deidentify(&f, &site, &keys).unwrap() else {
+            panic!()
+        };
+        let out = dicom::parse(&a.bytes, None).unwrap();
+        let Some(Element {
+            value: Value::Bytes(d),
+            ..
+        }) = dicom::find(&out.dataset, Tag(0x0008, 0x103E))
+        else {
+            panic!()
+        };
+        // The surname goes; the rest (Latin-1 included) stays.
+        assert_eq!(dicom::trim_bytes(d), b"Ax T2 FRFSE M\xdcLLER");
     }
 }

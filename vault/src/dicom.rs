@@ -248,7 +248,21 @@ pub fn parse<'a>(
     })
 }
 
-/// Trims DICOM padding (spaces and NULs) from a text value.
+/// Trims DICOM padding (spaces and NULs) from a value's bytes, whatever its character set.
+pub fn trim_bytes(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&c| c != b' ' && c != 0)
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&c| c != b' ' && c != 0)
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Trims DICOM padding (spaces and NULs) from a text value; "" when it is not UTF-8 (use
+/// [`trim_bytes`] for values in other character sets).
 pub fn trim_text(v: &[u8]) -> &str {
     let s = std::str::from_utf8(v).unwrap_or("");
     s.trim_matches(|c: char| c == ' ' || c == '\0')

@@ -1,0 +1,428 @@
+//! `hbs bench`: the vault's throughput beside its bound and its peers, in one run, on one
+//! synthetic corpus of realistic MR slices. Writes a Markdown report (BENCHMARKS.md).
+//!
+//! Measured:
+//! - de-identification alone (bytes in memory → de-identified bytes in memory), on every
+//!   core;
+//! - the full path (read, de-identify, encrypt, store durably, commit the catalogue row),
+//!   as `hbs ingest` runs it;
+//! - the bound: AES-256-GCM and a durable atomic write of the same bytes, no parsing, at
+//!   the same concurrency;
+//! - peers on the same files: `gdcmanon` (GDCM, C++), `dicognito` (Python), and
+//!   `dicom-object` open + write with no change;
+//! - peak memory of `hbs deid` on a corpus and on one twice its size.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use vault::pseudonym::{Pseudonymizer, SiteId};
+use vault::vault::{Ingested, Vault, VaultConfig};
+
+/// One measured line of the report.
+struct Row {
+    what: String,
+    files: usize,
+    secs: f64,
+    bytes: u64,
+    note: String,
+}
+
+impl Row {
+    fn per_s(&self) -> f64 {
+        self.files as f64 / self.secs.max(1e-9)
+    }
+    fn mb_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.secs.max(1e-9)
+    }
+}
+
+fn dicom_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(vault::tree::walk(dir)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect())
+}
+
+/// Peak resident memory of this process, from /proc (Linux), in MB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn timed_command(what: &str, cmd: &mut Command, files: usize, bytes: u64) -> Result<Row> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    Ok(Row {
+        what: what.to_string(),
+        files,
+        secs,
+        bytes,
+        note: String::new(),
+    })
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Runs the benchmark and writes the report.
+pub async fn run(
+    patients: usize,
+    slices: usize,
+    work: &Path,
+    report: &Path,
+    python: Option<PathBuf>,
+) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    std::fs::create_dir_all(work)?;
+    let corpus = work.join("corpus");
+    if corpus.exists() {
+        std::fs::remove_dir_all(&corpus)?;
+    }
+    let cfg = vault::synth::SynthConfig {
+        patients,
+        sites: 1,
+        seed: 7,
+        slices,
+        ..Default::default()
+    };
+    let summary = vault::synth::generate(&corpus, &cfg)?;
+    let files = dicom_files(&corpus)?;
+    let inputs: Vec<Vec<u8>> = files
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<_>>()?;
+    let total: u64 = inputs.iter().map(|b| b.len() as u64).sum();
+    let n = inputs.len();
+    eprintln!("corpus: {n} files, {:.1} MB", total as f64 / 1e6);
+    let mut rows = Vec::new();
+
+    // 1. De-identification alone, in memory, on every core.
+    let keys = Pseudonymizer::new(&[11u8; 64])?;
+    let site = SiteId::new("SITE_A")?;
+    let inputs = Arc::new(inputs);
+    let t = Instant::now();
+    let accepted: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let (inputs, keys, site) = (inputs.clone(), &keys, &site);
+                s.spawn(move || {
+                    let mut ok = 0usize;
+                    for b in inputs.iter().skip(k).step_by(threads) {
+                        if let Ok(vault::deid::Outcome::Accepted(a)) =
+                            vault::deid::deidentify(b, site, keys)
+                        {
+                            ok += usize::from(!a.bytes.is_empty());
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    rows.push(Row {
+        what: "hbs de-identification alone (in memory)".into(),
+        files: n,
+        secs: t.elapsed().as_secs_f64(),
+        bytes: total,
+        note: format!("{threads} threads; {accepted} accepted"),
+    });
+
+    // 2. The bound: AES-256-GCM + durable atomic write of the same bytes, no parsing.
+    let jobs = threads * 2;
+    let bound_dir = work.join("bound");
+    let _ = std::fs::remove_dir_all(&bound_dir);
+    let store = vault::store::BlobStore::open(&format!("local:{}", bound_dir.display()))?;
+    let dek = Arc::new(vault::crypto::DataKey::new(
+        &vault::crypto::random_key()?,
+        1,
+    )?);
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(jobs));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, path) in files.iter().enumerate() {
+        let permit = sem.clone().acquire_owned().await?;
+        let (store, dek, path) = (store.clone(), dek.clone(), path.clone());
+        set.spawn(async move {
+            let _p = permit;
+            let b = tokio::fs::read(&path).await?;
+            let id = format!("b/{i:08}");
+            let blob = dek.seal(&id, b)?;
+            store.put(&id, blob).await?;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    rows.push(Row {
+        what: "bound: read + AES-256-GCM + atomic durable write".into(),
+        files: n,
+        secs: t.elapsed().as_secs_f64(),
+        bytes: total,
+        note: format!("{jobs} concurrent"),
+    });
+    let bound = rows.last().map(Row::per_s).unwrap_or(1.0);
+
+    // 3. The full path, as `hbs ingest` runs it.
+    let data = work.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let vcfg = VaultConfig::embedded(&data);
+    Vault::init(&vcfg).await?;
+    let v = Vault::open(&vcfg).await?;
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for path in &files {
+        let permit = sem.clone().acquire_owned().await?;
+        let (v, site, path) = (v.clone(), site.clone(), path.clone());
+        set.spawn(async move {
+            let _p = permit;
+            let b = tokio::fs::read(&path).await?;
+            Ok::<_, anyhow::Error>(matches!(v.ingest(&site, b).await?, Ingested::Stored { .. }))
+        });
+    }
+    let mut stored = 0;
+    while let Some(r) = set.join_next().await {
+        stored += usize::from(r??);
+    }
+    let full_secs = t.elapsed().as_secs_f64();
+    v.close().await;
+    rows.push(Row {
+        what: "hbs full path: read + de-identify + encrypt + store + index".into(),
+        files: n,
+        secs: full_secs,
+        bytes: total,
+        note: format!(
+            "{jobs} concurrent; {stored} stored; {:.0}% of the bound",
+            100.0 * (n as f64 / full_secs) / bound
+        ),
+    });
+
+    // 4. Peers on the same files.
+    let hbs = std::env::current_exe()?;
+    let peers_out = work.join("peers");
+    let _ = std::fs::remove_dir_all(&peers_out);
+    std::fs::create_dir_all(&peers_out)?;
+    let t = Instant::now();
+    for (i, path) in files.iter().enumerate() {
+        let obj = dicom_object::open_file(path)?;
+        obj.write_to_file(peers_out.join(format!("{i}.dcm")))?;
+    }
+    rows.push(Row {
+        what: "dicom-object 0.10 open + write, no change (1 thread)".into(),
+        files: n,
+        secs: t.elapsed().as_secs_f64(),
+        bytes: total,
+        note: String::new(),
+    });
+    if which("gdcmanon").is_some() && which("openssl").is_some() {
+        let cert = work.join("cert.pem");
+        let key = work.join("key.pem");
+        let st = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=bench",
+                "-days",
+                "1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()?;
+        if !st.status.success() {
+            bail!("openssl could not make the certificate gdcmanon needs");
+        }
+        let out = peers_out.join("gdcmanon");
+        std::fs::create_dir_all(&out)?;
+        let mut row = timed_command(
+            "gdcmanon -e (GDCM 3, basic profile, 1 process)",
+            Command::new("gdcmanon")
+                .args(["-e", "--continue", "-r", "-c"])
+                .arg(&cert)
+                .arg("-i")
+                .arg(&corpus)
+                .arg("-o")
+                .arg(&out),
+            n,
+            total,
+        )?;
+        row.note = "encrypts the original attributes into the file (its E.1.1 mode)".into();
+        rows.push(row);
+        let out = peers_out.join("gdcmanon-dumb");
+        std::fs::create_dir_all(&out)?;
+        let mut row = timed_command(
+            "gdcmanon --dumb (remove 4 attributes only)",
+            Command::new("gdcmanon")
+                .args([
+                    "--dumb",
+                    "--continue",
+                    "-r",
+                    "--remove",
+                    "10,10",
+                    "--remove",
+                    "10,20",
+                    "--remove",
+                    "10,30",
+                    "--remove",
+                    "8,80",
+                ])
+                .arg("-i")
+                .arg(&corpus)
+                .arg("-o")
+                .arg(&out),
+            n,
+            total,
+        )?;
+        row.note = "no profile: a floor for any GDCM-based tool".into();
+        rows.push(row);
+    } else {
+        eprintln!("gdcmanon or openssl missing: install libgdcm-tools (bash .ci/run does)");
+    }
+    if let Some(py) = python {
+        let out = peers_out.join("dicognito");
+        std::fs::create_dir_all(&out)?;
+        let mut row = timed_command(
+            "dicognito (Python, 1 process)",
+            Command::new(&py)
+                .args(["-m", "dicognito", "--recursive", "--output-directory"])
+                .arg(&out)
+                .arg(&corpus),
+            n,
+            total,
+        )?;
+        row.note = "pydicom-based".into();
+        rows.push(row);
+    }
+
+    // 5. Peak memory of `hbs deid` on the corpus and on twice the corpus.
+    let key_file = work.join("bench.key");
+    std::fs::write(&key_file, [3u8; 48])?;
+    let twice = work.join("twice");
+    let _ = std::fs::remove_dir_all(&twice);
+    for copy in ["a", "b"] {
+        let d = twice.join(copy);
+        std::fs::create_dir_all(&d)?;
+        for (i, f) in files.iter().enumerate() {
+            std::fs::copy(f, d.join(format!("{i}.dcm")))?;
+        }
+    }
+    let mut mem = Vec::new();
+    for (label, input) in [
+        ("corpus", corpus.clone()),
+        ("twice the corpus", twice.clone()),
+    ] {
+        let out = work.join("deid-out");
+        let _ = std::fs::remove_dir_all(&out);
+        let o = Command::new(&hbs)
+            .env("HBS_PRINT_PEAK_RSS", "1")
+            .args(["deid", "--site", "SITE_A", "--key-file"])
+            .arg(&key_file)
+            .arg("--in")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .output()?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        let peak = err
+            .lines()
+            .find_map(|l| l.strip_prefix("peak_rss_mb="))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        mem.push(format!("| `hbs deid` on the {label} | {peak:.1} MB |"));
+    }
+
+    // Report.
+    let gdcm = rows
+        .iter()
+        .find(|r| r.what.starts_with("gdcmanon -e"))
+        .map(Row::per_s);
+    let deid = rows[0].per_s();
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str(&format!(
+        "Produced by `{}` on {} ({} cores), {}.\n\n",
+        std::env::args()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace(&hbs.display().to_string(), "hbs"),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
+            .unwrap_or_else(|| "unknown CPU".into()),
+        threads,
+        "debug binary with dependencies at opt-level 2 unless the command says --release"
+    ));
+    md.push_str(&format!(
+        "Corpus: `hbs synth` with {} patients, {} slices per series: {} files, {:.1} MB ({:.0} KB per file on average), Siemens/GE/Philips MR 256x256 16-bit slices, DCE, SEG; every file carries identifying values in the places scanners put them.\n\n",
+        summary.patients, slices, n, total as f64 / 1e6, total as f64 / 1e3 / n as f64
+    ));
+    md.push_str(
+        "| what | files | seconds | files/s | MB/s | notes |\n|---|---:|---:|---:|---:|---|\n",
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {} |\n",
+            r.what,
+            r.files,
+            r.secs,
+            r.per_s(),
+            r.mb_s(),
+            r.note
+        ));
+    }
+    md.push_str("\n## Against the targets\n\n");
+    if let Some(g) = gdcm {
+        md.push_str(&format!(
+            "- De-identification alone: {deid:.0} files/s = {:.1}x gdcmanon -e ({g:.0} files/s); target 3x.\n",
+            deid / g
+        ));
+    }
+    md.push_str(&format!(
+        "- Full path: {:.0} files/s = {:.0}% of the bound ({bound:.0} files/s); targets 50% and 1,500 files/s.\n",
+        rows[2].per_s(),
+        100.0 * rows[2].per_s() / bound
+    ));
+    md.push_str("\n## Peak memory (flat as the corpus grows)\n\n| run | peak RSS |\n|---|---:|\n");
+    for m in mem {
+        md.push_str(&m);
+        md.push('\n');
+    }
+    std::fs::write(report, &md)?;
+    println!("{md}");
+    Ok(())
+}
