@@ -61,7 +61,13 @@ pub struct Totals {
 
 /// Ingests every file under `input`, `jobs` at a time, printing one JSON line per file
 /// once it is acknowledged (stored and committed), quarantined or rejected.
-async fn ingest_tree(v: &Vault, site: &SiteId, input: &Path, jobs: usize) -> Result<Totals> {
+async fn ingest_tree(
+    v: &Vault,
+    site: &SiteId,
+    input: &Path,
+    jobs: usize,
+    verbose: bool,
+) -> Result<Totals> {
     let files = vault::tree::walk(input)
         .with_context(|| format!("cannot read the folder {}", input.display()))?;
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
@@ -95,12 +101,12 @@ async fn ingest_tree(v: &Vault, site: &SiteId, input: &Path, jobs: usize) -> Res
         });
         while set.len() >= jobs * 2 {
             if let Some(r) = set.join_next().await {
-                add(&mut totals, report(r?)?);
+                add(&mut totals, report(r?, verbose)?);
             }
         }
     }
     while let Some(r) = set.join_next().await {
-        add(&mut totals, report(r?)?);
+        add(&mut totals, report(r?, verbose)?);
     }
     Ok(totals)
 }
@@ -118,7 +124,7 @@ fn add(t: &mut Totals, d: Totals) {
 /// Prints one result line and returns its contribution to the totals. Errors that are
 /// the file's own (bad DICOM, withdrawn patient) are reported and counted; failures of
 /// the vault itself (database, store, keys) stop the run.
-fn report((index, sha256, len, r): Done) -> Result<Totals> {
+fn report((index, sha256, len, r): Done, verbose: bool) -> Result<Totals> {
     let mut t = Totals::default();
     let line = match r {
         Ok(Ingested::Stored {
@@ -147,7 +153,9 @@ fn report((index, sha256, len, r): Done) -> Result<Totals> {
         }
         Err(e) => return Err(e).context(format!("storing input file #{index} failed")),
     };
-    println!("{line}");
+    if verbose {
+        println!("{line}");
+    }
     Ok(t)
 }
 
@@ -163,7 +171,7 @@ pub async fn ingest(
     let site = SiteId::new(site)?;
     let v = Vault::open(cfg).await?;
     let start = Instant::now();
-    let t = ingest_tree(&v, &site, input, jobs).await?;
+    let t = ingest_tree(&v, &site, input, jobs, true).await?;
     let mut clinical_count = 0;
     if let Some(c) = clinical {
         let bytes = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
@@ -243,7 +251,7 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
             .unwrap_or_default()
             .to_string();
         let site = SiteId::new(&code)?;
-        let t = ingest_quiet(&v, &site, dir).await?;
+        let t = ingest_tree(&v, &site, dir, 4, false).await?;
         let clinical = match std::fs::read(dir.join("clinical.csv")) {
             Ok(b) => v
                 .ingest_clinical(&site, &b, &["smoking".into()])
@@ -279,31 +287,6 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
     );
     v.close().await;
     Ok(())
-}
-
-async fn ingest_quiet(v: &Vault, site: &SiteId, dir: &Path) -> Result<Totals> {
-    let mut t = Totals::default();
-    for path in vault::tree::walk(dir)? {
-        if path.extension().is_some_and(|e| e == "csv" || e == "json") {
-            continue;
-        }
-        let bytes = std::fs::read(&path)?;
-        let len = bytes.len() as u64;
-        match v.ingest(site, bytes).await {
-            Ok(Ingested::Stored { duplicate, .. }) => {
-                if duplicate {
-                    t.duplicates += 1
-                } else {
-                    t.stored += 1;
-                    t.bytes += len;
-                }
-            }
-            Ok(Ingested::Quarantined { .. }) => t.quarantined += 1,
-            Err(VaultError::Deid(_) | VaultError::Withdrawn(_)) => t.rejected += 1,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(t)
 }
 
 fn pseudonym(s: &str) -> Result<Pseudonym> {

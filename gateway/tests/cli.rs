@@ -179,7 +179,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_instance() {
     if let Some(pg) = fresh_pg().await {
         dbs.push(Some(pg));
     }
-    for (n, db) in dbs.into_iter().enumerate() {
+    for (n, db) in dbs.iter().cloned().enumerate() {
         let data = d.path().join(format!("data{n}"));
         let mut init = hbs();
         init.args(["init", "--data"]).arg(&data);
@@ -257,6 +257,21 @@ async fn kill_9_during_ingest_loses_no_acknowledged_instance() {
         assert!(dupes >= 25, "{dupes} duplicates: {summary}");
         assert!(out.contains("0 rejected"), "{summary}");
         assert_nothing_identifying(&data, &ids, true);
+    }
+    for db in dbs.into_iter().flatten() {
+        drop_pg(&db).await;
+    }
+}
+
+async fn drop_pg(url: &str) {
+    let base = std::env::var("HBS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    if let (Some((_, name)), Ok(mut conn)) =
+        (url.rsplit_once('/'), sqlx::PgConnection::connect(&base).await)
+    {
+        let _ = conn
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
     }
 }
 

@@ -62,11 +62,8 @@ fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_export_withdraw_rotate_on_every_database() {
     let root = tempfile::tempdir().unwrap();
-    for (i, db) in common::databases("ingest_export_withdraw_rotate", root.path())
-        .await
-        .into_iter()
-        .enumerate()
-    {
+    let dbs = common::databases("ingest_export_withdraw_rotate", root.path()).await;
+    for (i, db) in dbs.iter().cloned().enumerate() {
         let dir = root.path().join(format!("data{i}"));
         let engine = if db.is_some() { "postgres" } else { "sqlite" };
         let (v, _cfg) = vault_for(&dir, db).await;
@@ -233,6 +230,9 @@ async fn ingest_export_withdraw_rotate_on_every_database() {
         }
         v.close().await;
     }
+    for db in dbs.into_iter().flatten() {
+        common::drop_pg(&db).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,11 +265,8 @@ async fn swapped_or_replayed_blobs_do_not_decrypt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clinical_records_are_encrypted_and_exported_pseudonymized() {
     let root = tempfile::tempdir().unwrap();
-    for (i, db) in common::databases("clinical_records", root.path())
-        .await
-        .into_iter()
-        .enumerate()
-    {
+    let dbs = common::databases("clinical_records", root.path()).await;
+    for (i, db) in dbs.iter().cloned().enumerate() {
         let dir = root.path().join(format!("d{i}"));
         let (v, _) = vault_for(&dir, db).await;
         let site = SiteId::new("SITE_C").unwrap();
@@ -301,5 +298,8 @@ async fn clinical_records_are_encrypted_and_exported_pseudonymized() {
             );
         }
         v.close().await;
+    }
+    for db in dbs.into_iter().flatten() {
+        common::drop_pg(&db).await;
     }
 }

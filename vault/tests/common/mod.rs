@@ -48,3 +48,15 @@ pub async fn databases(test: &str, dir: &std::path::Path) -> Vec<Option<String>>
     let _ = dir;
     v
 }
+
+/// Drops a database made by [`fresh_pg`] (best effort: a leftover is harmless).
+pub async fn drop_pg(url: &str) {
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_base()).await {
+        let _ = conn
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
+    }
+}
