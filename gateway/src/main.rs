@@ -122,6 +122,9 @@ enum Cmd {
         /// Slices per series.
         #[arg(long, default_value_t = 12)]
         slices: usize,
+        /// Instances stored at once (full path and bound alike).
+        #[arg(long, default_value_t = 16)]
+        jobs: usize,
         /// Scratch folder (corpus, outputs; identifiable synthetic data, removed after).
         #[arg(long, default_value = "target/bench-work")]
         work: PathBuf,
@@ -247,11 +250,12 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Bench {
             patients,
             slices,
+            jobs,
             work,
             report,
             python,
         } => {
-            let r = bench::run(patients, slices, &work, &report, python).await;
+            let r = bench::run(patients, slices, jobs, &work, &report, python).await;
             let _ = std::fs::remove_dir_all(&work);
             r
         }

@@ -266,9 +266,10 @@ async fn kill_9_during_ingest_loses_no_acknowledged_instance() {
 async fn drop_pg(url: &str) {
     let base = std::env::var("HBS_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    if let (Some((_, name)), Ok(mut conn)) =
-        (url.rsplit_once('/'), sqlx::PgConnection::connect(&base).await)
-    {
+    if let (Some((_, name)), Ok(mut conn)) = (
+        url.rsplit_once('/'),
+        sqlx::PgConnection::connect(&base).await,
+    ) {
         let _ = conn
             .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
             .await;
