@@ -251,7 +251,7 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
             .unwrap_or_default()
             .to_string();
         let site = SiteId::new(&code)?;
-        let t = ingest_tree(&v, &site, dir, 4, false).await?;
+        let t = ingest_tree(&v, &site, dir, 16, false).await?;
         let clinical = match std::fs::read(dir.join("clinical.csv")) {
             Ok(b) => v
                 .ingest_clinical(&site, &b, &["smoking".into()])
