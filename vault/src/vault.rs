@@ -52,6 +52,9 @@ pub enum VaultError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A failure inside the vault that is no one's input (a worker task died).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The patient is not in the vault.
     #[error("no patient {0} in the vault")]
     UnknownPatient(String),
@@ -317,7 +320,7 @@ impl Vault {
         }
         let rec = match self.catalog.patient_key(p.as_str()).await? {
             Some(r) => r,
-            None if create => {
+            None if create_for.is_some() => {
                 if self.catalog.is_withdrawn(p.as_str()).await? {
                     return Err(VaultError::Withdrawn(p.to_string()));
                 }
@@ -329,7 +332,11 @@ impl Vault {
                     key_version: 1,
                 };
                 self.catalog
-                    .insert_patient_key(p.as_str(), site.as_str(), &rec)
+                    .insert_patient_key(
+                        p.as_str(),
+                        create_for.map(SiteId::as_str).unwrap_or_default(),
+                        &rec,
+                    )
                     .await?
             }
             None => return Err(VaultError::UnknownPatient(p.to_string())),
@@ -363,7 +370,7 @@ impl Vault {
         let s = site.clone();
         let outcome = tokio::task::spawn_blocking(move || deid::deidentify(&bytes, &s, &keys))
             .await
-            .map_err(|e| VaultError::Keys(format!("de-identification task failed: {e}")))??;
+            .map_err(|e| VaultError::Internal(format!("de-identification task failed: {e}")))??;
         let a = match outcome {
             Outcome::Quarantined { reason, pseudonym } => {
                 return Ok(Ingested::Quarantined {
@@ -373,7 +380,7 @@ impl Vault {
             }
             Outcome::Accepted(a) => a,
         };
-        let dek = self.data_key(&a.pseudonym, site, true).await?;
+        let dek = self.data_key(&a.pseudonym, Some(site)).await?;
         let object_id = Self::object_id(&a.pseudonym, &a.sop_uid);
         let mut row = InstanceRow {
             object_id: object_id.clone(),
@@ -417,12 +424,12 @@ impl Vault {
         let mut out = clinical::pseudonymize(csv, site, &self.keys, safe_columns)?;
         let mut stored = Vec::new();
         for rec in out.records.drain(..) {
-            let dek = match self.data_key(&rec.pseudonym, site, true).await {
+            let dek = match self.data_key(&rec.pseudonym, Some(site)).await {
                 Ok(k) => k,
                 Err(VaultError::Withdrawn(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let json = serde_json::to_vec(&rec).map_err(|e| VaultError::Keys(e.to_string()))?;
+            let json = serde_json::to_vec(&rec).map_err(|e| VaultError::Internal(e.to_string()))?;
             let digest = self.keys.digest("hbs/clinical/v1", &[&json]);
             let object_id = format!(
                 "clinical/{}/{}",
@@ -448,9 +455,7 @@ impl Vault {
     async fn open_blob(&self, pseudonym: &str, object_id: &str) -> Result<Vec<u8>, VaultError> {
         let p = Pseudonym::parse(pseudonym)
             .ok_or_else(|| VaultError::UnknownPatient("(malformed pseudonym)".into()))?;
-        // Site is only used when creating a key; reading never creates one.
-        let site = SiteId::new("read").map_err(|e| VaultError::Keys(e.to_string()))?;
-        let dek = self.data_key(&p, &site, false).await?;
+        let dek = self.data_key(&p, None).await?;
         let blob = self.store.get(object_id).await?;
         Ok(dek.open(object_id, &blob)?)
     }
