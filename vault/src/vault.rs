@@ -304,11 +304,12 @@ impl Vault {
             .ok_or_else(|| VaultError::Keys(format!("key-encryption key v{version} is missing")))
     }
 
+    /// The patient's data key, from the cache or unwrapped from the catalogue; created
+    /// (for `create_for`'s site) when the patient is new, unless they withdrew.
     async fn data_key(
         &self,
         p: &Pseudonym,
-        site: &SiteId,
-        create: bool,
+        create_for: Option<&SiteId>,
     ) -> Result<Arc<DataKey>, VaultError> {
         if let Some(k) = self
             .dek_cache
