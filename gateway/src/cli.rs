@@ -10,11 +10,13 @@ use serde_json::json;
 use vault::pseudonym::{Pseudonym, Pseudonymizer, SiteId};
 use vault::vault::{Ingested, Vault, VaultConfig, VaultError};
 
-/// `hbs init`.
+/// `hbs init`: the vault's keys and database, and a development PKI (the platform CA,
+/// the gateway's server certificate, one client certificate per role).
 pub async fn init(cfg: &VaultConfig) -> Result<()> {
     let r = Vault::init(cfg)
         .await
         .with_context(|| format!("cannot initialize {}", cfg.data_dir.display()))?;
+    dev_pki(&cfg.data_dir)?;
     println!(
         "data folder {} ready: broker secret {}, key-encryption key v{}, database {}, blobs {}",
         cfg.data_dir.display(),
@@ -22,6 +24,93 @@ pub async fn init(cfg: &VaultConfig) -> Result<()> {
         r.kek_version,
         r.database,
         r.blob_store
+    );
+    Ok(())
+}
+
+/// Creates the platform CA and, the first time, a server certificate and one client
+/// certificate per role under `DATA/dev-certs/`, and says where they are.
+fn dev_pki(data: &Path) -> Result<()> {
+    let (ca, created) = certs::Ca::init(&data.join("ca"))?;
+    let dev = data.join("dev-certs");
+    if created || !dev.exists() {
+        let ca_pem = ca.ca_pem()?;
+        let server = ca.issue_server(&["localhost", "127.0.0.1"], 90)?;
+        certs::write_issued(&data.join("tls"), &server, &ca_pem)?;
+        for role in certs::Role::ALL {
+            let site = (role == certs::Role::DataProvider).then_some("SITE_A");
+            let issued = ca.issue_client(role, &format!("dev-{role}"), site, 90)?;
+            certs::write_issued(&dev.join(role.as_str()), &issued, &ca_pem)?;
+        }
+        println!(
+            "development PKI: CA {0}/ca/ca.pem, server certificate {0}/tls/, one client certificate per role in {0}/dev-certs/<role>/ (data-provider for SITE_A)",
+            data.display()
+        );
+    }
+    Ok(())
+}
+
+/// `hbs ca init`.
+pub fn ca_init(data: &Path) -> Result<()> {
+    let (_, created) = certs::Ca::init(&data.join("ca"))?;
+    println!(
+        "platform CA {} in {}",
+        if created { "created" } else { "kept" },
+        data.join("ca").display()
+    );
+    Ok(())
+}
+
+/// `hbs ca issue`.
+pub fn ca_issue(
+    data: &Path,
+    role: &str,
+    name: &str,
+    site: Option<&str>,
+    days: u32,
+    out: &Path,
+) -> Result<()> {
+    let ca = certs::Ca::open(&data.join("ca"))?;
+    let role = certs::Role::parse(role)?;
+    let issued = ca.issue_client(role, name, site, days)?;
+    certs::write_issued(out, &issued, &ca.ca_pem()?)?;
+    println!(
+        "issued {} for {role} {name}{}: serial {}, valid {days} days, in {}",
+        certs::spiffe_id(role, name, site)?,
+        site.map(|s| format!(" of {s}")).unwrap_or_default(),
+        issued.serial,
+        out.display()
+    );
+    Ok(())
+}
+
+/// `hbs ca revoke`.
+pub fn ca_revoke(
+    data: &Path,
+    cert: Option<&Path>,
+    serial: Option<&str>,
+    reason: &str,
+) -> Result<()> {
+    let ca = certs::Ca::open(&data.join("ca"))?;
+    let serial = match (cert, serial) {
+        (Some(path), _) => {
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let x = openssl::x509::X509::from_pem(&pem).context("not a PEM certificate")?;
+            certs::serial_hex(&x)?
+        }
+        (None, Some(s)) => s.to_string(),
+        (None, None) => bail!("give --cert FILE or --serial HEX"),
+    };
+    let fresh = ca.revoke(&serial, reason)?;
+    println!(
+        "certificate {serial} {}; CRL rewritten at {}",
+        if fresh {
+            "revoked"
+        } else {
+            "was already revoked"
+        },
+        ca.crl_path().display()
     );
     Ok(())
 }

@@ -138,6 +138,52 @@ enum Cmd {
     /// Operator commands on the stored data.
     #[command(subcommand)]
     Vault(VaultCmd),
+    /// The platform PKI: issue and revoke certificates.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create the platform CA under DATA/ca (idempotent; `hbs init` does it too).
+    Init {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Issue a client certificate: writes OUT/cert.pem, OUT/key.pem (0600), OUT/ca.pem.
+    Issue {
+        #[command(flatten)]
+        data: DataArgs,
+        /// data-provider, researcher, ethics-board, auditor, operator or compute.
+        #[arg(long)]
+        role: String,
+        /// The holder's name (a login).
+        #[arg(long)]
+        name: String,
+        /// The holder's site (required for data providers).
+        #[arg(long)]
+        site: Option<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Revoke a certificate (by its file or serial) and rewrite the CRL.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The certificate file (PEM).
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        cert: Option<PathBuf>,
+        /// The certificate's serial number (hex).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Why (kept in the revocation list).
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,5 +313,20 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Vault(VaultCmd::RotateKek { data }) => cli::rotate_kek(&data.config()).await,
         Cmd::Vault(VaultCmd::Stats { data }) => cli::stats(&data.config()).await,
+        Cmd::Ca(CaCmd::Init { data }) => cli::ca_init(&data.data),
+        Cmd::Ca(CaCmd::Issue {
+            data,
+            role,
+            name,
+            site,
+            days,
+            out,
+        }) => cli::ca_issue(&data.data, &role, &name, site.as_deref(), days, &out),
+        Cmd::Ca(CaCmd::Revoke {
+            data,
+            cert,
+            serial,
+            reason,
+        }) => cli::ca_revoke(&data.data, cert.as_deref(), serial.as_deref(), &reason),
     }
 }

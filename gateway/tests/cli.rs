@@ -390,3 +390,112 @@ fn export_works_while_another_process_writes_the_same_folder() {
     let r = run_ok(hbs().args(["vault", "rotate-kek", "--data"]).arg(&data));
     assert!(r.contains("v2"), "{r}");
 }
+
+/// `hbs init` sets up a development PKI; `hbs ca issue|revoke` work as operators script
+/// them; the independent `openssl verify` agrees, CRL included.
+#[test]
+fn init_sets_up_a_pki_and_ca_commands_issue_and_revoke() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let out = run_ok(hbs().args(["init", "--data"]).arg(&data));
+    assert!(out.contains("development PKI"), "{out}");
+    let verify = |cert: &Path| {
+        let o = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(data.join("ca/ca.pem"))
+            .arg("-crl_check")
+            .arg("-CRLfile")
+            .arg(data.join("ca/crl.pem"))
+            .arg(cert)
+            .output()
+            .expect("openssl is installed");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    use std::os::unix::fs::PermissionsExt;
+    for role in [
+        "data-provider",
+        "researcher",
+        "ethics-board",
+        "auditor",
+        "operator",
+        "compute",
+    ] {
+        let dir = data.join("dev-certs").join(role);
+        let (ok, msg) = verify(&dir.join("cert.pem"));
+        assert!(ok, "{role}: {msg}");
+        let m = std::fs::metadata(dir.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o600, "{role}");
+    }
+    // The server certificate chains to the same CA (its purpose is serverAuth).
+    let o = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(data.join("ca/ca.pem"))
+        .args(["-purpose", "sslserver"])
+        .arg(data.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A second init keeps the CA (and does not reissue).
+    let before = std::fs::read(data.join("ca/ca.pem")).unwrap();
+    let out = run_ok(hbs().args(["init", "--data"]).arg(&data));
+    assert!(!out.contains("development PKI"), "{out}");
+    assert_eq!(std::fs::read(data.join("ca/ca.pem")).unwrap(), before);
+
+    let rita = d.path().join("rita");
+    let out = run_ok(
+        hbs()
+            .args([
+                "ca",
+                "issue",
+                "--role",
+                "researcher",
+                "--name",
+                "rita",
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&rita),
+    );
+    assert!(
+        out.contains("spiffe://prostatenet/researcher/rita"),
+        "{out}"
+    );
+    assert!(verify(&rita.join("cert.pem")).0);
+    assert_eq!(std::fs::read(rita.join("ca.pem")).unwrap(), before);
+    run_ok(
+        hbs()
+            .args(["ca", "revoke", "--reason", "left the project", "--data"])
+            .arg(&data)
+            .arg("--cert")
+            .arg(rita.join("cert.pem")),
+    );
+    let (ok, msg) = verify(&rita.join("cert.pem"));
+    assert!(!ok && msg.contains("revoked"), "{msg}");
+    assert!(verify(&data.join("dev-certs/auditor/cert.pem")).0);
+    // Mistakes get a reason and exit 2.
+    for args in [
+        vec!["ca", "issue", "--role", "data-provider", "--name", "x"],
+        vec!["ca", "issue", "--role", "king", "--name", "x"],
+        vec!["ca", "issue", "--role", "auditor", "--name", "a/b"],
+    ] {
+        let o = hbs()
+            .args(&args)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(d.path().join("x"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(!o.stderr.is_empty());
+    }
+}
