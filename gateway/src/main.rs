@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod cli;
+mod routes;
+mod server;
 
 /// The honest-broker gateway of ProstateNET.
 #[derive(Parser)]
@@ -50,6 +52,16 @@ enum Cmd {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Run the HTTPS gateway (mTLS on every route). Initializes the data folder if needed.
+    Serve {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Address to listen on.
+        #[arg(long, env = "HBS_LISTEN", default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+    },
+    /// Print the gateway's route table (method, path, roles admitted) as JSON.
+    Routes,
     /// Synthesize a corpus, then de-identify, encrypt and store it, and say what happened.
     Demo {
         #[command(flatten)]
@@ -257,6 +269,27 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { data } => cli::init(&data.config()).await,
+        Cmd::Routes => {
+            let table: Vec<_> = routes::ROUTES
+                .iter()
+                .map(|(m, p, roles)| {
+                    serde_json::json!({"method": m, "path": p,
+                        "roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>()})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&table)?);
+            Ok(())
+        }
+        Cmd::Serve { data, listen } => {
+            let cfg = data.config();
+            cli::init(&cfg).await?;
+            let vault = vault::vault::Vault::open(&cfg).await?;
+            let state = routes::AppState {
+                vault,
+                metrics: Default::default(),
+            };
+            server::serve(state, cfg.data_dir.clone(), listen).await
+        }
         Cmd::Demo {
             data,
             patients,

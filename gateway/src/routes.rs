@@ -1,0 +1,168 @@
+//! The gateway's routes, each with the roles it admits. A request whose route is not in
+//! [`ROUTES`], or whose principal's role is not listed for it, is denied: deny by default.
+//! (The policy issue will refine decisions; this layer already denies by role.)
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use certs::{Principal, Role};
+use serde_json::json;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The vault over the data folder.
+    pub vault: vault::vault::Vault,
+    /// Counters for /metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+const ALL: &[Role] = &Role::ALL;
+
+/// Every route: method, path (as axum matches it) and the roles admitted.
+pub const ROUTES: &[(&str, &str, &[Role])] = &[
+    ("GET", "/healthz", ALL),
+    ("GET", "/readyz", &[Role::Operator, Role::Auditor]),
+    ("GET", "/metrics", &[Role::Operator, Role::Auditor]),
+    ("GET", "/whoami", ALL),
+];
+
+/// The router: [`ROUTES`] with their handlers, behind the role gate and the metrics.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/whoami", get(whoami))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
+        .with_state(state)
+}
+
+fn deny(status: StatusCode, reason: &str) -> Response {
+    (status, Json(json!({"error": reason}))).into_response()
+}
+
+/// Role gate and request metrics. Runs for every request, matched or not.
+async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let principal = req.extensions().get::<Principal>().cloned();
+    let label = route.clone().unwrap_or_else(|| "unmatched".into());
+    let resp = match (route, principal) {
+        (_, None) => deny(StatusCode::UNAUTHORIZED, "no client certificate"),
+        (None, Some(_)) => deny(StatusCode::NOT_FOUND, "no such route"),
+        (Some(path), Some(p)) => {
+            let allowed = ROUTES
+                .iter()
+                .find(|(m, r, _)| *m == method && *r == path)
+                .map(|(_, _, roles)| roles.contains(&p.role))
+                .unwrap_or(false);
+            if allowed {
+                next.run(req).await
+            } else {
+                tracing::info!(role = %p.role, route = %path, "denied by role");
+                deny(
+                    StatusCode::FORBIDDEN,
+                    &format!("the {} role may not {method} {path}", p.role),
+                )
+            }
+        }
+    };
+    state
+        .metrics
+        .record(&method, &label, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = state.vault.catalog().ready().await;
+    let store = state.vault.store().ready().await;
+    let status = if db && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"database": db, "blob_store": store, "keys": true})),
+    )
+        .into_response()
+}
+
+async fn whoami(Extension(p): Extension<Principal>) -> Json<Principal> {
+    Json(p)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// (method, route, status) of a counted request.
+type RequestKey = (String, String, u16);
+
+/// In-process counters, rendered in the Prometheus text format.
+#[derive(Default)]
+pub struct Metrics {
+    /// Count and total seconds per (method, route, status).
+    requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
+    handshakes_failed: AtomicU64,
+}
+
+impl Metrics {
+    fn record(&self, method: &str, route: &str, status: u16, took: std::time::Duration) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m
+            .entry((method.to_string(), route.to_string(), status))
+            .or_default();
+        e.0 += 1;
+        e.1 += took.as_secs_f64();
+    }
+
+    /// Counts a refused TLS handshake or a certificate that is not a platform identity.
+    pub fn handshake_failed(&self) {
+        self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::from(
+            "# HELP hbs_requests_total Requests by method, route and status.\n# TYPE hbs_requests_total counter\n",
+        );
+        let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((method, route, status), (n, _)) in m.iter() {
+            s.push_str(&format!(
+                "hbs_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}\n"
+            ));
+        }
+        s.push_str("# HELP hbs_request_seconds_sum Time spent answering, by route.\n# TYPE hbs_request_seconds_sum counter\n");
+        for ((method, route, status), (_, secs)) in m.iter() {
+            s.push_str(&format!(
+                "hbs_request_seconds_sum{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {secs:.6}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "# HELP hbs_tls_refused_total TLS handshakes refused or certificates that are not platform identities.\n# TYPE hbs_tls_refused_total counter\nhbs_tls_refused_total {}\n",
+            self.handshakes_failed.load(Ordering::Relaxed)
+        ));
+        s
+    }
+}
