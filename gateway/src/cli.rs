@@ -236,7 +236,7 @@ fn report((index, sha256, len, r): Done, verbose: bool) -> Result<Totals> {
             t.quarantined += 1;
             json!({"index": index, "sha256": sha256, "status": "quarantined", "reason": reason, "pseudonym": pseudonym})
         }
-        Err(e @ (VaultError::Deid(_) | VaultError::Withdrawn(_))) => {
+        Err(e @ (VaultError::Deid(_) | VaultError::Withdrawn(_) | VaultError::OtherStudy)) => {
             t.rejected += 1;
             json!({"index": index, "sha256": sha256, "status": "rejected", "reason": e.to_string()})
         }

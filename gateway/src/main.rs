@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod cli;
+mod dicomweb;
 mod routes;
 mod server;
 

@@ -11,7 +11,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use certs::{Principal, Role};
 use serde_json::json;
@@ -33,6 +33,8 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
     ("GET", "/readyz", &[Role::Operator, Role::Auditor]),
     ("GET", "/metrics", &[Role::Operator, Role::Auditor]),
     ("GET", "/whoami", ALL),
+    ("POST", "/dicomweb/studies", &[Role::DataProvider]),
+    ("POST", "/dicomweb/studies/{study}", &[Role::DataProvider]),
 ];
 
 /// The router: [`ROUTES`] with their handlers, behind the role gate and the metrics.
@@ -42,6 +44,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/whoami", get(whoami))
+        .route("/dicomweb/studies", post(crate::dicomweb::stow))
+        .route(
+            "/dicomweb/studies/{study}",
+            post(crate::dicomweb::stow_study),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
@@ -126,6 +133,8 @@ pub struct Metrics {
     /// Count and total seconds per (method, route, status).
     requests: Mutex<BTreeMap<RequestKey, (u64, f64)>>,
     handshakes_failed: AtomicU64,
+    /// Instances received, by outcome.
+    ingest: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -136,6 +145,12 @@ impl Metrics {
             .or_default();
         e.0 += 1;
         e.1 += took.as_secs_f64();
+    }
+
+    /// Counts an instance received over STOW-RS by outcome.
+    pub fn ingested(&self, outcome: &str) {
+        let mut m = self.ingest.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(outcome.to_string()).or_default() += 1;
     }
 
     /// Counts a refused TLS handshake or a certificate that is not a platform identity.
@@ -157,6 +172,12 @@ impl Metrics {
         for ((method, route, status), (_, secs)) in m.iter() {
             s.push_str(&format!(
                 "hbs_request_seconds_sum{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {secs:.6}\n"
+            ));
+        }
+        s.push_str("# HELP hbs_ingest_instances_total Instances received over STOW-RS, by outcome.\n# TYPE hbs_ingest_instances_total counter\n");
+        for (outcome, n) in self.ingest.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            s.push_str(&format!(
+                "hbs_ingest_instances_total{{outcome=\"{outcome}\"}} {n}\n"
             ));
         }
         s.push_str(&format!(

@@ -30,6 +30,11 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
         ("GET", "/whoami") => Some(all),
         ("GET", "/readyz") => Some(ops),
         ("GET", "/metrics") => Some(ops),
+        // A POST with no body: past the gate only for data providers (415: not
+        // multipart/related), refused for every other role.
+        ("POST", "/dicomweb/studies") | ("POST", "/dicomweb/studies/{study}") => {
+            Some(if role == "data-provider" { 415 } else { 403 })
+        }
         _ => None,
     }
 }
@@ -79,7 +84,17 @@ fn start(data: &Path) -> Server {
 /// curl with a client certificate (or none); returns the HTTP status, or None when the
 /// TLS handshake or connection failed.
 fn curl(s: &Server, path: &str, cert_dir: Option<&Path>) -> (Option<u16>, String) {
+    curl_method(s, "GET", path, cert_dir)
+}
+
+fn curl_method(
+    s: &Server,
+    method: &str,
+    path: &str,
+    cert_dir: Option<&Path>,
+) -> (Option<u16>, String) {
     let mut c = Command::new("curl");
+    c.args(["-X", method]);
     c.args(["-s", "-w", "\n%{http_code}", "--max-time", "10", "--cacert"])
         .arg(s.data.join("ca/ca.pem"));
     if let Some(d) = cert_dir {
@@ -177,12 +192,17 @@ fn every_route_times_every_caller() {
         for role in ROLES {
             let want = expected(m, p, role)
                 .unwrap_or_else(|| panic!("route {m} {p} has no row in the test matrix"));
-            assert_eq!(m, "GET", "extend the matrix's client for {m}");
-            let (got, body) = curl(&s, p, Some(&dev.join(role)));
+            // Body-carrying calls are in stow_rs_from_dicomweb_client_and_curl.
+            let path = p.replace("{study}", "1.2.3");
+            let (got, body) = curl_method(&s, m, &path, Some(&dev.join(role)));
             assert_eq!(got, Some(want), "{role} {m} {p}: {body}");
         }
         // No certificate: the handshake fails, nothing is answered.
-        assert_eq!(curl(&s, p, None).0, None, "no certificate on {p}");
+        assert_eq!(
+            curl(&s, &p.replace("{study}", "1.2.3"), None).0,
+            None,
+            "no certificate on {p}"
+        );
     }
     // An unknown route is not found for anyone (deny by default is the route table).
     assert_eq!(
@@ -317,4 +337,206 @@ fn untrusted_revoked_expired_and_malformed_certificates_are_refused() {
         .output()
         .unwrap();
     assert!(!tls12.status.success(), "TLS 1.2 is refused");
+}
+
+fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("HBS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("python with dicomweb-client is required under CI=true (run bash .ci/run)");
+    }
+    eprintln!(
+        "SKIPPED: STOW-RS with dicomweb-client: no python at {}",
+        p.display()
+    );
+    None
+}
+
+/// Runs the standard Python dicomweb-client against the gateway.
+fn dicomweb_store(
+    s: &Server,
+    cert: &Path,
+    files: &[PathBuf],
+    study: Option<&str>,
+) -> serde_json::Value {
+    let py = python().expect("checked by the caller");
+    let mut c = Command::new(py);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/stow_client.py"))
+        .arg(format!("https://127.0.0.1:{}", s.port))
+        .arg(s.data.join("ca/ca.pem"))
+        .arg(cert.join("cert.pem"))
+        .arg(cert.join("key.pem"));
+    if let Some(st) = study {
+        c.args(["--study", st]);
+    }
+    let o = c.args(files).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn stats(data: &Path) -> serde_json::Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(["vault", "stats", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn stow_rs_from_dicomweb_client_and_curl() {
+    if python().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let corpus = d.path().join("corpus");
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args([
+            "synth",
+            "--patients",
+            "1",
+            "--sites",
+            "1",
+            "--slices",
+            "2",
+            "--out",
+        ])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let s = start(&data);
+    let dev = data.join("dev-certs");
+    // One series of the baseline study.
+    let mut files: Vec<PathBuf> = walk(&corpus)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    files.sort();
+    let series_dir = files[0].parent().unwrap().to_path_buf();
+    let series: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| f.parent() == Some(&series_dir))
+        .cloned()
+        .collect();
+    assert!(series.len() >= 2);
+
+    let r = dicomweb_store(&s, &dev.join("data-provider"), &series, None);
+    assert_eq!(r["status"], 200, "{r}");
+    let refs = r["response"]["00081199"]["Value"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(refs.len(), series.len());
+    for item in &refs {
+        let uid = item["00081155"]["Value"][0].as_str().unwrap();
+        assert!(uid.starts_with("2.25."), "{uid}");
+    }
+    assert_eq!(stats(&data)["instances"], series.len());
+
+    // The same upload again: same pseudonymized UIDs, nothing duplicated.
+    let again = dicomweb_store(&s, &dev.join("data-provider"), &series, None);
+    assert_eq!(again["status"], 200);
+    assert_eq!(
+        again["response"]["00081199"]["Value"].as_array().unwrap(),
+        &refs
+    );
+    assert_eq!(stats(&data)["instances"], series.len());
+
+    // To the wrong study: nothing stored, 409 with the failure reason.
+    let wrong = dicomweb_store(
+        &s,
+        &dev.join("data-provider"),
+        &series[..1],
+        Some("1.2.3.4.5"),
+    );
+    assert_eq!(wrong["status"], 409, "{wrong}");
+    // Only data providers contribute.
+    let denied = dicomweb_store(&s, &dev.join("researcher"), &series[..1], None);
+    assert_eq!(denied["status"], 403, "{denied}");
+
+    // curl with a hand-made multipart/related body: one good instance, one bad part.
+    let boundary = "hbs-test-boundary";
+    let mut body = Vec::new();
+    for part in [
+        std::fs::read(&files[files.len() - 1]).unwrap(),
+        b"not dicom".to_vec(),
+    ] {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(&part);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let body_file = d.path().join("body.bin");
+    std::fs::write(&body_file, &body).unwrap();
+    let o = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+        .arg(data.join("ca/ca.pem"))
+        .arg("--cert")
+        .arg(dev.join("data-provider/cert.pem"))
+        .arg("--key")
+        .arg(dev.join("data-provider/key.pem"))
+        .args([
+            "-H",
+            &format!(
+                "Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}"
+            ),
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("https://127.0.0.1:{}/dicomweb/studies", s.port))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (json, code) = out.rsplit_once('\n').unwrap();
+    assert_eq!(code, "202", "{out}");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["00081199"]["Value"].as_array().unwrap().len(), 1);
+    let failed = &v["00081198"]["Value"][0];
+    assert!(
+        failed["0040A160"]["Value"][0]
+            .as_str()
+            .unwrap()
+            .contains("DICM"),
+        "{v}"
+    );
+    // The site's own identifiers are not echoed back.
+    let ids: Vec<String> =
+        serde_json::from_slice(&std::fs::read(corpus.join("identifiers.json")).unwrap()).unwrap();
+    for id in ids.iter().filter(|i| i.len() >= 6) {
+        assert!(!json.contains(id.as_str()), "{id} echoed");
+    }
+    // Metrics count the outcomes.
+    let (_, m) = curl(&s, "/metrics", Some(&dev.join("operator")));
+    assert!(
+        m.contains("hbs_ingest_instances_total{outcome=\"stored\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("hbs_ingest_instances_total{outcome=\"duplicate\"}"),
+        "{m}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }

@@ -58,6 +58,9 @@ pub enum VaultError {
     /// The patient is not in the vault.
     #[error("no patient {0} in the vault")]
     UnknownPatient(String),
+    /// The instance is not of the study the request named.
+    #[error("the instance does not belong to the study named in the request")]
+    OtherStudy,
     /// The patient withdrew consent; nothing more is stored for them.
     #[error("patient {0} withdrew consent: nothing is stored for this patient any more")]
     Withdrawn(String),
@@ -135,6 +138,10 @@ pub enum Ingested {
         pseudonym: String,
         /// New SOP Instance UID.
         sop_uid: String,
+        /// New Study Instance UID.
+        study_uid: String,
+        /// SOP Class UID.
+        sop_class: String,
         /// Stored before (same SOP instance): nothing changed.
         duplicate: bool,
         /// No Patient ID in the instance: pseudonymized per study.
@@ -367,6 +374,18 @@ impl Vault {
     /// Ingests one identifiable instance from a site. Returns only once the encrypted
     /// blob and its catalogue row are durable.
     pub async fn ingest(&self, site: &SiteId, bytes: Vec<u8>) -> Result<Ingested, VaultError> {
+        self.ingest_into(site, bytes, None).await
+    }
+
+    /// Like [`Vault::ingest`], but the instance must belong to the study whose source
+    /// Study Instance UID is `study` (STOW-RS to `/studies/{study}`); otherwise nothing
+    /// is stored and [`VaultError::OtherStudy`] says so.
+    pub async fn ingest_into(
+        &self,
+        site: &SiteId,
+        bytes: Vec<u8>,
+        study: Option<&str>,
+    ) -> Result<Ingested, VaultError> {
         let keys = self.keys.clone();
         let s = site.clone();
         let outcome = tokio::task::spawn_blocking(move || deid::deidentify(&bytes, &s, &keys))
@@ -381,6 +400,11 @@ impl Vault {
             }
             Outcome::Accepted(a) => a,
         };
+        if let Some(study) = study {
+            if self.keys.uid(study) != a.study_uid {
+                return Err(VaultError::OtherStudy);
+            }
+        }
         let dek = self.data_key(&a.pseudonym, Some(site)).await?;
         let object_id = Self::object_id(&a.pseudonym, &a.sop_uid);
         let mut row = InstanceRow {
@@ -410,6 +434,8 @@ impl Vault {
             object_id,
             pseudonym: row.pseudonym,
             sop_uid: row.sop_uid,
+            study_uid: row.study_uid,
+            sop_class: row.sop_class,
             duplicate: !fresh,
             pseudonym_from_study: from_study,
         })

@@ -1,0 +1,212 @@
+//! DICOMweb (PS3.18) routes: STOW-RS contributions from data providers.
+//!
+//! `POST /dicomweb/studies` and `POST /dicomweb/studies/{study}` take
+//! `multipart/related; type="application/dicom"`. Each part goes through the vault (de-
+//! identify, encrypt, store, commit) for the site named in the caller's certificate,
+//! never one named in the request. The answer is the standard Store Instances response
+//! in DICOM JSON: the Referenced SOP Sequence lists the stored instances by their
+//! pseudonymized UIDs, the Failed SOP Sequence the others with a Failure Reason; 200 when
+//! all were stored, 202 when some were, 409 when none was (PS3.18 10.5.3). Nothing in it,
+//! and nothing logged, carries a value of the source instances.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use certs::Principal;
+use serde_json::{json, Value};
+use vault::pseudonym::SiteId;
+use vault::vault::{Ingested, VaultError};
+
+use crate::routes::AppState;
+
+/// Largest single instance accepted in a STOW-RS part.
+const MAX_PART: u64 = 1 << 30;
+
+/// PS3.4 / PS3.18 failure reasons used here.
+const PROCESSING_FAILURE: u16 = 0x0110;
+const CANNOT_UNDERSTAND: u16 = 0xC000;
+const STUDY_MISMATCH: u16 = 0xC122;
+const REFUSED: u16 = 0xA700;
+
+fn dicom_json_error(status: StatusCode, reason: &str) -> Response {
+    (status, axum::Json(json!({"error": reason}))).into_response()
+}
+
+fn attr(vr: &str, value: Value) -> Value {
+    json!({"vr": vr, "Value": [value]})
+}
+
+/// `POST /dicomweb/studies`.
+pub async fn stow(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    store(state, p, headers, body, None).await
+}
+
+/// `POST /dicomweb/studies/{study}`.
+pub async fn stow_study(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    store(state, p, headers, body, Some(study)).await
+}
+
+async fn store(
+    state: AppState,
+    p: Principal,
+    headers: HeaderMap,
+    body: Body,
+    study: Option<String>,
+) -> Response {
+    // The site comes from the certificate, never from the request.
+    let Some(site) = p.site.as_deref().and_then(|s| SiteId::new(s).ok()) else {
+        return dicom_json_error(
+            StatusCode::FORBIDDEN,
+            "a contribution needs a data-provider certificate bound to a site",
+        );
+    };
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("multipart/related") {
+        return dicom_json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "STOW-RS takes multipart/related; type=\"application/dicom\"",
+        );
+    }
+    let param = |name: &str| {
+        ct.split(';').skip(1).find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().trim_matches('"').to_string())
+        })
+    };
+    if param("type").is_some_and(|t| !t.eq_ignore_ascii_case("application/dicom")) {
+        return dicom_json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "only type=\"application/dicom\" parts are accepted",
+        );
+    }
+    let Some(boundary) = param("boundary").filter(|b| !b.is_empty()) else {
+        return dicom_json_error(
+            StatusCode::BAD_REQUEST,
+            "multipart/related without a boundary",
+        );
+    };
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().per_field(MAX_PART));
+    let mut parts =
+        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    let mut stored = Vec::new();
+    let mut failed = Vec::new();
+    let mut index = 0usize;
+    loop {
+        let field = match parts.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                failed.push((index, CANNOT_UNDERSTAND, format!("multipart body: {e}")));
+                break;
+            }
+        };
+        let bytes = match field.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                failed.push((index, CANNOT_UNDERSTAND, format!("part {index}: {e}")));
+                index += 1;
+                continue;
+            }
+        };
+        match state
+            .vault
+            .ingest_into(&site, bytes, study.as_deref())
+            .await
+        {
+            Ok(Ingested::Stored {
+                sop_uid,
+                study_uid,
+                sop_class,
+                duplicate,
+                ..
+            }) => {
+                state
+                    .metrics
+                    .ingested(if duplicate { "duplicate" } else { "stored" });
+                stored.push((sop_class, sop_uid, study_uid));
+            }
+            Ok(Ingested::Quarantined { reason, .. }) => {
+                state.metrics.ingested("quarantined");
+                failed.push((index, PROCESSING_FAILURE, format!("quarantined: {reason}")));
+            }
+            Err(VaultError::OtherStudy) => {
+                state.metrics.ingested("rejected");
+                failed.push((index, STUDY_MISMATCH, VaultError::OtherStudy.to_string()));
+            }
+            Err(e @ (VaultError::Deid(_) | VaultError::Withdrawn(_))) => {
+                state.metrics.ingested("rejected");
+                failed.push((index, REFUSED, e.to_string()));
+            }
+            Err(e) => {
+                // The vault itself failed (database, store, keys): nothing of this part
+                // is acknowledged; say so and stop.
+                tracing::error!(error = %e, "contribution could not be stored");
+                return dicom_json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the vault could not store the contribution: the parts before the failing one were stored, it and the rest were not; send it again (stored instances are not duplicated)",
+                );
+            }
+        }
+        index += 1;
+    }
+    tracing::info!(site = %site, stored = stored.len(), failed = failed.len(), "contribution");
+    let mut out = serde_json::Map::new();
+    if !stored.is_empty() {
+        let items: Vec<Value> = stored
+            .iter()
+            .map(|(class, uid, study)| {
+                json!({
+                    "00081150": attr("UI", json!(class)),
+                    "00081155": attr("UI", json!(uid)),
+                    "00081190": attr("UR", json!(format!("/dicomweb/studies/{study}/instances/{uid}"))),
+                })
+            })
+            .collect();
+        out.insert("00081199".into(), json!({"vr": "SQ", "Value": items}));
+    }
+    if !failed.is_empty() {
+        let items: Vec<Value> = failed
+            .iter()
+            .map(|(i, code, reason)| {
+                // The failed instance is named by its position in the request (its own
+                // UIDs are the site's identifiers and are not echoed); the reason text
+                // goes in Text Value, the standard's code in Failure Reason.
+                json!({
+                    "00081197": attr("US", json!(code)),
+                    "0040A160": attr("UT", json!(format!("part {i}: {reason}"))),
+                })
+            })
+            .collect();
+        out.insert("00081198".into(), json!({"vr": "SQ", "Value": items}));
+    }
+    let status = match (stored.is_empty(), failed.is_empty()) {
+        (false, true) => StatusCode::OK,
+        (false, false) => StatusCode::ACCEPTED,
+        (true, _) => StatusCode::CONFLICT,
+    };
+    (
+        status,
+        [("content-type", "application/dicom+json")],
+        serde_json::to_vec(&Value::Object(out)).unwrap_or_default(),
+    )
+        .into_response()
+}
