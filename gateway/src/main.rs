@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
@@ -25,9 +25,13 @@ struct Cli {
 /// Where the vault keeps its data: the embedded default unless told otherwise.
 #[derive(Args, Clone, Debug)]
 pub struct DataArgs {
-    /// Data folder: keys, the SQLite database and local blobs.
-    #[arg(long, env = "HBS_DATA", default_value = "hbs-data")]
-    pub data: PathBuf,
+    /// Configuration file (TOML: data, database_url, blob_store, listen). Flags and HBS_*
+    /// variables override it; the embedded defaults fill the rest.
+    #[arg(long, env = "HBS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data folder: keys, the SQLite database and local blobs [default: hbs-data].
+    #[arg(long, env = "HBS_DATA")]
+    pub data: Option<PathBuf>,
     /// Database URL (sqlite://... or postgres://...); default: SQLite in the data folder.
     #[arg(long, env = "HBS_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -36,13 +40,50 @@ pub struct DataArgs {
     pub blob_store: Option<String>,
 }
 
+/// The configuration file's keys; an unknown key is an error, not a silent no-op.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    database_url: Option<String>,
+    blob_store: Option<String>,
+    listen: Option<std::net::SocketAddr>,
+}
+
 impl DataArgs {
-    fn config(&self) -> vault::vault::VaultConfig {
-        vault::vault::VaultConfig {
-            data_dir: self.data.clone(),
-            database_url: self.database_url.clone(),
-            blob_store: self.blob_store.clone(),
+    fn file(&self) -> Result<FileConfig> {
+        match &self.config {
+            None => Ok(FileConfig::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the configuration {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("configuration {} is not valid", p.display()))
+            }
         }
+    }
+
+    /// The vault configuration: flags and HBS_* variables, then the file, then defaults.
+    fn config(&self) -> Result<vault::vault::VaultConfig> {
+        let f = self.file()?;
+        Ok(vault::vault::VaultConfig {
+            data_dir: self
+                .data
+                .clone()
+                .or(f.data)
+                .unwrap_or_else(|| PathBuf::from("hbs-data")),
+            database_url: self.database_url.clone().or(f.database_url),
+            blob_store: self.blob_store.clone().or(f.blob_store),
+        })
+    }
+
+    fn data_dir(&self) -> Result<PathBuf> {
+        Ok(self.config()?.data_dir)
+    }
+
+    fn listen(&self, flag: Option<std::net::SocketAddr>) -> Result<std::net::SocketAddr> {
+        let default = std::net::SocketAddr::from(([127, 0, 0, 1], 8443));
+        Ok(flag.or(self.file()?.listen).unwrap_or(default))
     }
 }
 
@@ -57,9 +98,9 @@ enum Cmd {
     Serve {
         #[command(flatten)]
         data: DataArgs,
-        /// Address to listen on.
-        #[arg(long, env = "HBS_LISTEN", default_value = "127.0.0.1:8443")]
-        listen: std::net::SocketAddr,
+        /// Address to listen on [default: 127.0.0.1:8443].
+        #[arg(long, env = "HBS_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Print the gateway's route table (method, path, roles admitted) as JSON.
     Routes,
@@ -269,7 +310,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Init { data } => cli::init(&data.config()).await,
+        Cmd::Init { data } => cli::init(&data.config()?).await,
         Cmd::Routes => {
             let table: Vec<_> = routes::ROUTES
                 .iter()
@@ -282,7 +323,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Serve { data, listen } => {
-            let cfg = data.config();
+            let cfg = data.config()?;
+            let listen = data.listen(listen)?;
             cli::init(&cfg).await?;
             let vault = vault::vault::Vault::open(&cfg).await?;
             let state = routes::AppState {
@@ -295,7 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
             data,
             patients,
             sites,
-        } => cli::demo(&data.config(), patients, sites).await,
+        } => cli::demo(&data.config()?, patients, sites).await,
         Cmd::Ingest {
             data,
             site,
@@ -305,7 +347,7 @@ async fn run(cli: Cli) -> Result<()> {
             jobs,
         } => {
             cli::ingest(
-                &data.config(),
+                &data.config()?,
                 &site,
                 &input,
                 clinical.as_deref(),
@@ -340,14 +382,14 @@ async fn run(cli: Cli) -> Result<()> {
             r
         }
         Cmd::Vault(VaultCmd::Export { data, patient, out }) => {
-            cli::export(&data.config(), patient.as_deref(), &out).await
+            cli::export(&data.config()?, patient.as_deref(), &out).await
         }
         Cmd::Vault(VaultCmd::Withdraw { data, patient }) => {
-            cli::withdraw(&data.config(), &patient).await
+            cli::withdraw(&data.config()?, &patient).await
         }
-        Cmd::Vault(VaultCmd::RotateKek { data }) => cli::rotate_kek(&data.config()).await,
-        Cmd::Vault(VaultCmd::Stats { data }) => cli::stats(&data.config()).await,
-        Cmd::Ca(CaCmd::Init { data }) => cli::ca_init(&data.data),
+        Cmd::Vault(VaultCmd::RotateKek { data }) => cli::rotate_kek(&data.config()?).await,
+        Cmd::Vault(VaultCmd::Stats { data }) => cli::stats(&data.config()?).await,
+        Cmd::Ca(CaCmd::Init { data }) => cli::ca_init(&data.data_dir()?),
         Cmd::Ca(CaCmd::Issue {
             data,
             role,
@@ -355,12 +397,17 @@ async fn run(cli: Cli) -> Result<()> {
             site,
             days,
             out,
-        }) => cli::ca_issue(&data.data, &role, &name, site.as_deref(), days, &out),
+        }) => cli::ca_issue(&data.data_dir()?, &role, &name, site.as_deref(), days, &out),
         Cmd::Ca(CaCmd::Revoke {
             data,
             cert,
             serial,
             reason,
-        }) => cli::ca_revoke(&data.data, cert.as_deref(), serial.as_deref(), &reason),
+        }) => cli::ca_revoke(
+            &data.data_dir()?,
+            cert.as_deref(),
+            serial.as_deref(),
+            &reason,
+        ),
     }
 }

@@ -499,3 +499,56 @@ fn init_sets_up_a_pki_and_ca_commands_issue_and_revoke() {
         assert!(!o.stderr.is_empty());
     }
 }
+
+/// A TOML configuration file sets the data folder and the listen address; HBS_*
+/// variables and flags override it; an unknown key is an error.
+#[test]
+fn configuration_file_and_environment() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("hbs.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data = \"{}\"\nlisten = \"127.0.0.1:0\"\n",
+            d.path().join("from-file").display()
+        ),
+    )
+    .unwrap();
+    run_ok(hbs().arg("init").arg("--config").arg(&cfg));
+    assert!(d.path().join("from-file/keys/broker.secret").exists());
+    run_ok(
+        hbs()
+            .arg("init")
+            .arg("--config")
+            .arg(&cfg)
+            .env("HBS_DATA", d.path().join("from-env")),
+    );
+    assert!(d.path().join("from-env/keys/broker.secret").exists());
+    // serve takes its listen address from the file.
+    let mut child = hbs()
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = loop {
+        let l = lines.next().unwrap().unwrap();
+        if l.starts_with("hbs gateway listening on") {
+            break l;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(listening.contains("https://127.0.0.1:"), "{listening}");
+    std::fs::write(&cfg, "dta = \"x\"\n").unwrap();
+    let o = hbs()
+        .arg("init")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field"));
+}
