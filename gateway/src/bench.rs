@@ -253,6 +253,9 @@ pub async fn run(
         ),
     });
 
+    // 3b. The same full path behind the gateway: STOW-RS over mTLS, 1, 8 and 64 clients.
+    let stow_runs = stow(&std::env::current_exe()?, work, inputs.clone(), &[1, 8, 64]).await?;
+
     // 4. Peers on the same files.
     let hbs = std::env::current_exe()?;
     let peers_out = work.join("peers");
@@ -474,6 +477,21 @@ pub async fn run(
         rows[2].per_s(),
         100.0 * rows[2].per_s() / bound
     ));
+    md.push_str(&format!(
+        "\n## STOW-RS over mTLS (the full path behind the gateway)\n\nEach client keeps one TLS 1.3 connection with a data-provider certificate and stores one instance per request; the gateway runs as its own process on this machine. Offline full path in the same run: {:.0} instances/s.\n\n| clients | instances/s | % of offline | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|\n",
+        rows[2].per_s()
+    ));
+    for r in &stow_runs {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.0}% | {:.1} | {:.1} |\n",
+            r.clients,
+            r.per_s,
+            100.0 * r.per_s / rows[2].per_s(),
+            r.p50,
+            r.p99
+        ));
+    }
+    md.push_str("\nTargets: 70% or more of the offline throughput at 8 clients; p99 under 100 ms per instance.\n");
     md.push_str("\n## Peak memory (flat as the corpus grows)\n\n| run | peak RSS |\n|---|---:|\n");
     for m in mem {
         md.push_str(&m);
@@ -490,4 +508,111 @@ pub async fn run(
     std::fs::write(report, &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// One STOW-RS load run: clients, instances/s, latency percentiles (ms).
+pub struct StowRun {
+    clients: usize,
+    per_s: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// Starts `hbs serve` on a fresh data folder and stores every file over STOW-RS (one
+/// instance per request, keep-alive, mTLS with the development data-provider
+/// certificate) from `clients` concurrent clients, for each count in `counts`.
+pub async fn stow(
+    hbs: &Path,
+    work: &Path,
+    inputs: Arc<Vec<Vec<u8>>>,
+    counts: &[usize],
+) -> Result<Vec<StowRun>> {
+    use std::io::BufRead;
+    let mut runs = Vec::new();
+    for &clients in counts {
+        let data = work.join(format!("stow-{clients}"));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut child = Command::new(hbs)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let port: u16 = loop {
+            let line = lines.next().context("hbs serve ended")??;
+            if let Some(a) = line.strip_prefix("hbs gateway listening on https://") {
+                break a.rsplit(':').next().unwrap_or("0").parse()?;
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let dev = data.join("dev-certs/data-provider");
+        let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())?;
+        b.set_ca_file(data.join("ca/ca.pem"))?;
+        b.set_certificate_chain_file(dev.join("cert.pem"))?;
+        b.set_private_key_file(dev.join("key.pem"), openssl::ssl::SslFiletype::PEM)?;
+        let connector = Arc::new(b.build());
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (connector, next, inputs) = (connector.clone(), next.clone(), inputs.clone());
+            set.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let ssl = connector.configure()?.into_ssl("localhost")?;
+                let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
+                std::pin::Pin::new(&mut tls).connect().await?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+                tokio::spawn(conn);
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(instance) = inputs.get(i) else { break };
+                    let boundary = "hbs-bench";
+                    let mut body = format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
+                    body.extend_from_slice(instance);
+                    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+                    let req = hyper::Request::post("/dicomweb/studies")
+                        .header("host", "localhost")
+                        .header(
+                            "content-type",
+                            format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+                        )
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+                    let start = Instant::now();
+                    let resp = sender.send_request(req).await?;
+                    let status = resp.status();
+                    http_body_util::BodyExt::collect(resp.into_body()).await?;
+                    if !status.is_success() {
+                        bail!("STOW-RS answered {status}");
+                    }
+                    latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = set.join_next().await {
+            all.extend(r??);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&data);
+        all.sort_by(|a, b| a.total_cmp(b));
+        let pct = |q: f64| {
+            all.get(((all.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        runs.push(StowRun {
+            clients,
+            per_s: all.len() as f64 / secs,
+            p50: pct(0.50),
+            p99: pct(0.99),
+        });
+    }
+    Ok(runs)
 }
