@@ -449,6 +449,19 @@ fn stow_rs_from_dicomweb_client_and_curl() {
     );
     assert_eq!(stats(&data)["instances"], series.len());
 
+    // The operator exports while `hbs serve` runs on the same data folder.
+    let export = d.path().join("export");
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(["vault", "export", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .starts_with(&format!("exported {} instances", series.len())));
+
     // To the wrong study: nothing stored, 409 with the failure reason.
     let wrong = dicomweb_store(
         &s,
