@@ -8,6 +8,13 @@
 //! pseudonymized UIDs, the Failed SOP Sequence the others with a Failure Reason; 200 when
 //! all were stored, 202 when some were, 409 when none was (PS3.18 10.5.3). Nothing in it,
 //! and nothing logged, carries a value of the source instances.
+//!
+//! Every answer also carries a receipt the gateway signs: header `Hbs-Receipt` is the
+//! base64 of a JSON document (site, certificate serial of the contributor, time, the
+//! pseudonymized UIDs stored, the parts that failed and why), `Hbs-Receipt-Signature` the
+//! base64 of its ECDSA P-256 / SHA-256 signature by the gateway's TLS key. A site checks
+//! it offline with the gateway's certificate, for example
+//! `openssl dgst -sha256 -verify gateway-pubkey.pem -signature sig.bin receipt.json`.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -198,6 +205,29 @@ async fn store(
             .collect();
         out.insert("00081198".into(), json!({"vr": "SQ", "Value": items}));
     }
+    let receipt = json!({
+        "site": site.as_str(),
+        "contributor_serial": p.serial,
+        "time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "stored": stored.iter().map(|(_, uid, study)| json!({"sop_instance_uid": uid, "study_instance_uid": study})).collect::<Vec<_>>(),
+        "failed": failed.iter().map(|(i, code, reason)| json!({"part": i, "failure_reason": code, "reason": reason})).collect::<Vec<_>>(),
+    });
+    let receipt = serde_json::to_vec(&receipt).unwrap_or_default();
+    let signature = match sign(&state.receipt_key, &receipt) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "receipt could not be signed");
+            return dicom_json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the receipt could not be signed",
+            );
+        }
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
     let status = match (stored.is_empty(), failed.is_empty()) {
         (false, true) => StatusCode::OK,
         (false, false) => StatusCode::ACCEPTED,
@@ -205,8 +235,22 @@ async fn store(
     };
     (
         status,
-        [("content-type", "application/dicom+json")],
+        [
+            ("content-type", "application/dicom+json".to_string()),
+            ("hbs-receipt", b64.encode(&receipt)),
+            ("hbs-receipt-signature", b64.encode(&signature)),
+        ],
         serde_json::to_vec(&Value::Object(out)).unwrap_or_default(),
     )
         .into_response()
+}
+
+/// ECDSA (the key's algorithm) over SHA-256 of `data`, DER-encoded.
+fn sign(
+    key: &openssl::pkey::PKeyRef<openssl::pkey::Private>,
+    data: &[u8],
+) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), key)?;
+    signer.update(data)?;
+    signer.sign_to_vec()
 }

@@ -327,9 +327,13 @@ async fn run(cli: Cli) -> Result<()> {
             let listen = data.listen(listen)?;
             cli::init(&cfg).await?;
             let vault = vault::vault::Vault::open(&cfg).await?;
+            let key_path = cfg.data_dir.join("tls/key.pem");
+            let key = std::fs::read(&key_path)
+                .with_context(|| format!("cannot read {}", key_path.display()))?;
             let state = routes::AppState {
                 vault,
                 metrics: Default::default(),
+                receipt_key: std::sync::Arc::new(openssl::pkey::PKey::private_key_from_pem(&key)?),
             };
             server::serve(state, cfg.data_dir.clone(), listen).await
         }

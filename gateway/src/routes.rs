@@ -23,6 +23,9 @@ pub struct AppState {
     pub vault: vault::vault::Vault,
     /// Counters for /metrics.
     pub metrics: Arc<Metrics>,
+    /// The gateway's TLS key, which also signs contribution receipts (a site verifies
+    /// them with the gateway's certificate).
+    pub receipt_key: Arc<openssl::pkey::PKey<openssl::pkey::Private>>,
 }
 
 const ALL: &[Role] = &Role::ALL;

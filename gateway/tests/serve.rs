@@ -490,7 +490,10 @@ fn stow_rs_from_dicomweb_client_and_curl() {
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     let body_file = d.path().join("body.bin");
     std::fs::write(&body_file, &body).unwrap();
+    let headers_file = d.path().join("headers.txt");
     let o = Command::new("curl")
+        .arg("-D")
+        .arg(&headers_file)
         .args(["-s", "-w", "\n%{http_code}", "--cacert"])
         .arg(data.join("ca/ca.pem"))
         .arg("--cert")
@@ -521,11 +524,70 @@ fn stow_rs_from_dicomweb_client_and_curl() {
             .contains("DICM"),
         "{v}"
     );
-    // The site's own identifiers are not echoed back.
+    // The signed receipt: decode it and verify it offline with the gateway's certificate
+    // and the openssl command line, as a site would.
+    let headers = std::fs::read_to_string(&headers_file).unwrap();
+    let header = |name: &str| {
+        headers
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} header in {headers}"))
+    };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let receipt = b64.decode(header("hbs-receipt")).unwrap();
+    let signature = b64.decode(header("hbs-receipt-signature")).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
+    assert_eq!(r["site"], "SITE_A");
+    assert_eq!(
+        r["stored"][0]["sop_instance_uid"],
+        v["00081199"]["Value"][0]["00081155"]["Value"][0]
+    );
+    assert_eq!(r["failed"][0]["part"], 1);
+    let pubkey = d.path().join("gateway-pub.pem");
+    let o = Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(data.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    std::fs::write(&pubkey, &o.stdout).unwrap();
+    let verify = |receipt: &[u8]| {
+        let rf = d.path().join("receipt.json");
+        let sf = d.path().join("receipt.sig");
+        std::fs::write(&rf, receipt).unwrap();
+        std::fs::write(&sf, &signature).unwrap();
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&pubkey)
+            .arg("-signature")
+            .arg(&sf)
+            .arg(&rf)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        verify(&receipt),
+        "the receipt verifies with the gateway's certificate"
+    );
+    let mut forged = receipt.clone();
+    let last = forged.len() - 2;
+    forged[last] ^= 1;
+    assert!(!verify(&forged), "an altered receipt does not verify");
+
+    // The site's own identifiers are not echoed back (response or receipt).
+    let receipt_text = String::from_utf8(receipt.clone()).unwrap();
     let ids: Vec<String> =
         serde_json::from_slice(&std::fs::read(corpus.join("identifiers.json")).unwrap()).unwrap();
     for id in ids.iter().filter(|i| i.len() >= 6) {
         assert!(!json.contains(id.as_str()), "{id} echoed");
+        assert!(!receipt_text.contains(id.as_str()), "{id} in the receipt");
     }
     // Metrics count the outcomes.
     let (_, m) = curl(&s, "/metrics", Some(&dev.join("operator")));
