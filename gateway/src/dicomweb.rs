@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use vault::pseudonym::SiteId;
 use vault::vault::{Ingested, VaultError};
 
-use crate::routes::AppState;
+use crate::routes::{AppState, PeerKey};
 
 /// Largest single instance accepted in a STOW-RS part.
 const MAX_PART: u64 = 1 << 30;
@@ -49,26 +49,78 @@ fn attr(vr: &str, value: Value) -> Value {
 pub async fn stow(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(key): Extension<PeerKey>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    store(state, p, headers, body, None).await
+    store(state, p, key, headers, body, None).await
 }
 
 /// `POST /dicomweb/studies/{study}`.
 pub async fn stow_study(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(key): Extension<PeerKey>,
     Path(study): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    store(state, p, headers, body, Some(study)).await
+    store(state, p, key, headers, body, Some(study)).await
+}
+
+/// Media type of a signed contribution manifest part (first part of the request).
+pub const MANIFEST_TYPE: &str = "application/vnd.hbs.manifest+json";
+/// Media type of the manifest's signature part (second part): base64 of the DER ECDSA
+/// signature over the manifest bytes with SHA-256, by the contributor's certificate key.
+pub const SIGNATURE_TYPE: &str = "application/vnd.hbs.manifest-signature";
+
+/// A contribution manifest: what the site says it sends, signed with its certificate.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    site: String,
+    time: u64,
+    consent: String,
+    instances: Vec<String>,
+}
+
+fn verify_manifest(
+    key: &openssl::pkey::PKeyRef<openssl::pkey::Public>,
+    manifest: &[u8],
+    signature_b64: &[u8],
+    site: &str,
+) -> Result<std::collections::HashSet<String>, String> {
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(signature_b64).trim())
+        .map_err(|_| "the manifest signature is not base64".to_string())?;
+    let ok = (|| {
+        let mut v = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), key)?;
+        v.update(manifest)?;
+        v.verify(&sig)
+    })()
+    .unwrap_or(false);
+    if !ok {
+        return Err("the manifest signature does not verify with the presented certificate".into());
+    }
+    let m: Manifest =
+        serde_json::from_slice(manifest).map_err(|e| format!("the manifest is not valid: {e}"))?;
+    if m.site != site {
+        return Err("the manifest names another site than the certificate".into());
+    }
+    if m.consent.trim().is_empty() || m.time == 0 {
+        return Err("the manifest needs a consent attestation and a time".into());
+    }
+    Ok(m.instances
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect())
 }
 
 async fn store(
     state: AppState,
     p: Principal,
+    peer_key: PeerKey,
     headers: HeaderMap,
     body: Body,
     study: Option<String>,
@@ -117,14 +169,65 @@ async fn store(
     let mut stored = Vec::new();
     let mut failed = Vec::new();
     let mut index = 0usize;
-    loop {
-        let field = match parts.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                failed.push((index, CANNOT_UNDERSTAND, format!("multipart body: {e}")));
-                break;
+    // A signed manifest, when the first two parts are one: the SHA-256 of every instance
+    // the site vouches for. Checked before anything is stored.
+    let mut manifest: Option<(std::collections::HashSet<String>, String)> = None;
+    let mut pending_first = None;
+    match parts.next_field().await {
+        Ok(Some(f)) if f.content_type().map(|m| m.essence_str()) == Some(MANIFEST_TYPE) => {
+            let m = match f.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    return dicom_json_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("manifest part: {e}"),
+                    )
+                }
+            };
+            let sig = match parts.next_field().await {
+                Ok(Some(s))
+                    if s.content_type().map(|m| m.essence_str()) == Some(SIGNATURE_TYPE) =>
+                {
+                    match s.bytes().await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            return dicom_json_error(
+                                StatusCode::BAD_REQUEST,
+                                &format!("signature part: {e}"),
+                            )
+                        }
+                    }
+                }
+                _ => {
+                    return dicom_json_error(
+                        StatusCode::BAD_REQUEST,
+                        "a manifest must be followed by its signature part",
+                    )
+                }
+            };
+            match verify_manifest(&peer_key.0, &m, &sig, site.as_str()) {
+                Ok(set) => manifest = Some((set, crate::dicomweb::sha256_hex(&m))),
+                Err(reason) => {
+                    tracing::info!(site = %site, reason = %reason, "signed contribution refused");
+                    return dicom_json_error(StatusCode::FORBIDDEN, &reason);
+                }
             }
+        }
+        Ok(Some(f)) => pending_first = Some(f),
+        Ok(None) => {}
+        Err(e) => failed.push((index, CANNOT_UNDERSTAND, format!("multipart body: {e}"))),
+    }
+    loop {
+        let field = match pending_first.take() {
+            Some(f) => f,
+            None => match parts.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    failed.push((index, CANNOT_UNDERSTAND, format!("multipart body: {e}")));
+                    break;
+                }
+            },
         };
         let bytes = match field.bytes().await {
             Ok(b) => b.to_vec(),
@@ -134,6 +237,18 @@ async fn store(
                 continue;
             }
         };
+        if let Some((hashes, _)) = &manifest {
+            if !hashes.contains(&sha256_hex(&bytes)) {
+                state.metrics.ingested("rejected");
+                failed.push((
+                    index,
+                    REFUSED,
+                    "not in the signed manifest (altered or unlisted); nothing of it stored".into(),
+                ));
+                index += 1;
+                continue;
+            }
+        }
         match state
             .vault
             .ingest_into(&site, bytes, study.as_deref())
@@ -207,6 +322,8 @@ async fn store(
     }
     let receipt = json!({
         "site": site.as_str(),
+        "signed": manifest.is_some(),
+        "manifest_sha256": manifest.as_ref().map(|(_, h)| h.clone()),
         "contributor_serial": p.serial,
         "time": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -243,6 +360,11 @@ async fn store(
         serde_json::to_vec(&Value::Object(out)).unwrap_or_default(),
     )
         .into_response()
+}
+
+/// SHA-256, hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    vault::tree::sha256_hex(b)
 }
 
 /// ECDSA (the key's algorithm) over SHA-256 of `data`, DER-encoded.

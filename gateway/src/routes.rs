@@ -28,6 +28,10 @@ pub struct AppState {
     pub receipt_key: Arc<openssl::pkey::PKey<openssl::pkey::Private>>,
 }
 
+/// The public key of the caller's verified certificate (to check what it signs).
+#[derive(Clone)]
+pub struct PeerKey(pub Arc<openssl::pkey::PKey<openssl::pkey::Public>>);
+
 const ALL: &[Role] = &Role::ALL;
 
 /// Every route: method, path (as axum matches it) and the roles admitted.

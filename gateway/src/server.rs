@@ -133,19 +133,25 @@ pub async fn serve(state: AppState, data: PathBuf, listen: SocketAddr) -> Result
                 return;
             }
             // The client's own certificate, not the chain (see the module doc).
-            let principal = match stream.ssl().peer_certificate() {
-                Some(cert) => match certs::principal_from_cert(&cert) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        state.metrics.handshake_failed();
-                        tracing::info!(%peer, reason = %e, "certificate is not a platform identity");
-                        return;
-                    }
-                },
-                None => return,
+            let Some(cert) = stream.ssl().peer_certificate() else {
+                return;
+            };
+            let principal = match certs::principal_from_cert(&cert) {
+                Ok(p) => p,
+                Err(e) => {
+                    state.metrics.handshake_failed();
+                    tracing::info!(%peer, reason = %e, "certificate is not a platform identity");
+                    return;
+                }
+            };
+            // The key of the verified certificate, to check what the caller signs.
+            let Ok(key) = cert.public_key() else {
+                return;
             };
             let svc = hyper_util::service::TowerToHyperService::new(
-                router.layer(axum::Extension(principal)),
+                router
+                    .layer(axum::Extension(principal))
+                    .layer(axum::Extension(crate::routes::PeerKey(Arc::new(key)))),
             );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -615,3 +615,210 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Sends a multipart/related body of `parts` (content type, bytes) with curl; returns
+/// (status, body, headers).
+fn post_parts(
+    s: &Server,
+    cert: &Path,
+    parts: &[(&str, Vec<u8>)],
+    dir: &Path,
+) -> (String, String, String) {
+    let boundary = "hbs-test-boundary-2";
+    let mut body = Vec::new();
+    for (ct, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {ct}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let body_file = dir.join("post.bin");
+    let headers_file = dir.join("post.headers");
+    std::fs::write(&body_file, &body).unwrap();
+    let o = Command::new("curl")
+        .arg("-D")
+        .arg(&headers_file)
+        .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+        .arg(s.data.join("ca/ca.pem"))
+        .arg("--cert")
+        .arg(cert.join("cert.pem"))
+        .arg("--key")
+        .arg(cert.join("key.pem"))
+        .args([
+            "-H",
+            &format!(
+                "Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}"
+            ),
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("https://127.0.0.1:{}/dicomweb/studies", s.port))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (json, code) = out.rsplit_once('\n').unwrap();
+    (
+        code.to_string(),
+        json.to_string(),
+        std::fs::read_to_string(&headers_file).unwrap_or_default(),
+    )
+}
+
+/// Signs `data` with a PEM key through the openssl command line; returns base64 DER.
+fn openssl_sign(key: &Path, data: &[u8], dir: &Path) -> Vec<u8> {
+    let f = dir.join("to-sign.bin");
+    let sig = dir.join("sig.der");
+    std::fs::write(&f, data).unwrap();
+    let ok = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg("-out")
+        .arg(&sig)
+        .arg(&f)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok);
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(&sig).unwrap())
+        .into_bytes()
+}
+
+#[test]
+fn signed_manifests_are_verified_before_anything_is_stored() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let corpus = d.path().join("corpus");
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args([
+            "synth",
+            "--patients",
+            "1",
+            "--sites",
+            "1",
+            "--slices",
+            "2",
+            "--out",
+        ])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let s = start(&data);
+    let dev = data.join("dev-certs");
+    let provider = dev.join("data-provider");
+    let mut files: Vec<PathBuf> = walk(&corpus)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    files.sort();
+    let a = std::fs::read(&files[0]).unwrap();
+    let b = std::fs::read(&files[1]).unwrap();
+    let sha = |x: &[u8]| {
+        let o = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(x)?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let manifest = |site: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "site": site, "time": 1_790_000_000u64, "consent": "all patients consented (protocol v3)",
+            "instances": [sha(&a), sha(&b)],
+        }))
+        .unwrap()
+    };
+    let m = manifest("SITE_A");
+    let good_sig = openssl_sign(&provider.join("key.pem"), &m, d.path());
+
+    // B is altered after signing: A is stored, B refused, receipt says signed.
+    let mut b_altered = b.clone();
+    let last = b_altered.len() - 1;
+    b_altered[last] ^= 0xFF;
+    let (code, body, headers) = post_parts(
+        &s,
+        &provider,
+        &[
+            ("application/vnd.hbs.manifest+json", m.clone()),
+            ("application/vnd.hbs.manifest-signature", good_sig.clone()),
+            ("application/dicom", a.clone()),
+            ("application/dicom", b_altered),
+        ],
+        d.path(),
+    );
+    assert_eq!(code, "202", "{body}");
+    assert!(body.contains("not in the signed manifest"), "{body}");
+    assert_eq!(stats(&data)["instances"], 1);
+    let receipt_b64 = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("hbs-receipt: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    use base64::Engine as _;
+    let receipt: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(receipt_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(receipt["signed"], true, "{receipt}");
+
+    // Signed with another key than the presented certificate's: nothing stored.
+    let other_sig = openssl_sign(&dev.join("researcher/key.pem"), &m, d.path());
+    let (code, body, _) = post_parts(
+        &s,
+        &provider,
+        &[
+            ("application/vnd.hbs.manifest+json", m.clone()),
+            ("application/vnd.hbs.manifest-signature", other_sig),
+            ("application/dicom", b.clone()),
+        ],
+        d.path(),
+    );
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("does not verify"), "{body}");
+    assert_eq!(stats(&data)["instances"], 1);
+
+    // A manifest for another site, properly signed: refused.
+    let m_b = manifest("SITE_B");
+    let sig_b = openssl_sign(&provider.join("key.pem"), &m_b, d.path());
+    let (code, body, _) = post_parts(
+        &s,
+        &provider,
+        &[
+            ("application/vnd.hbs.manifest+json", m_b),
+            ("application/vnd.hbs.manifest-signature", sig_b),
+            ("application/dicom", b.clone()),
+        ],
+        d.path(),
+    );
+    assert_eq!(code, "403", "{body}");
+    assert_eq!(stats(&data)["instances"], 1);
+
+    // The intact B under the good manifest: stored.
+    let (code, body, _) = post_parts(
+        &s,
+        &provider,
+        &[
+            ("application/vnd.hbs.manifest+json", m),
+            ("application/vnd.hbs.manifest-signature", good_sig),
+            ("application/dicom", b),
+        ],
+        d.path(),
+    );
+    assert_eq!(code, "200", "{body}");
+    assert_eq!(stats(&data)["instances"], 2);
+}
