@@ -530,6 +530,30 @@ impl Ca {
         Ok(true)
     }
 
+    /// Re-signs the CRL when it expires within `days` (a CRL past its nextUpdate makes
+    /// openssl refuse every client). Returns whether it was re-signed. The gateway calls
+    /// this periodically.
+    pub fn refresh_crl_if_due(&self, days: u32) -> Result<bool, CertError> {
+        let path = self.crl_path();
+        let due = match std::fs::read(&path) {
+            Ok(pem) => match openssl::x509::X509Crl::from_pem(&pem) {
+                Ok(crl) => match crl.next_update() {
+                    Some(next) => {
+                        let limit = Asn1Time::days_from_now(days)?;
+                        next.compare(&limit)? != std::cmp::Ordering::Greater
+                    }
+                    None => true,
+                },
+                Err(_) => true,
+            },
+            Err(_) => true,
+        };
+        if due {
+            self.write_crl(&self.revocations()?)?;
+        }
+        Ok(due)
+    }
+
     /// Writes a freshly signed CRL listing `list` (valid for 7 days; rewritten on every
     /// revocation and by the gateway before it expires).
     pub fn write_crl(&self, list: &[Revocation]) -> Result<(), CertError> {
@@ -571,6 +595,19 @@ pub fn write_issued(out: &Path, issued: &Issued, ca_pem: &[u8]) -> Result<(), Ce
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_crl_is_resigned_before_it_expires() {
+        let d = tempfile::tempdir().unwrap();
+        let (ca, _) = Ca::init(d.path()).unwrap();
+        // Fresh CRL: valid 7 days, not due within 1 day, due within 8.
+        assert!(!ca.refresh_crl_if_due(1).unwrap());
+        assert!(ca.refresh_crl_if_due(8).unwrap());
+        // A damaged CRL file is rewritten.
+        std::fs::write(ca.crl_path(), b"garbage").unwrap();
+        assert!(ca.refresh_crl_if_due(1).unwrap());
+        assert!(!ca.refresh_crl_if_due(1).unwrap());
+    }
 
     #[test]
     fn spiffe_ids_roundtrip_and_bad_ones_are_refused() {

@@ -9,8 +9,10 @@
 //! with `ssl.peer_certificate()`, turned into a [`certs::Principal`], and handed to every
 //! request of that connection.
 //!
-//! The CRL is re-read when its file changes (checked every second): a revocation takes
-//! effect on new connections within seconds, without a restart.
+//! The CRL is re-read when its file changes (checked twice a second): a revocation takes
+//! effect on new connections within a second, without a restart. Once an hour the
+//! gateway re-signs the CRL if it expires within a day (it is valid for 7), since openssl
+//! refuses every client once the CRL is past its nextUpdate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,8 +77,22 @@ pub async fn serve(state: AppState, data: PathBuf, listen: SocketAddr) -> Result
         tokio::spawn(async move {
             let crl = data.join("ca/crl.pem");
             let mut seen = mtime(&crl);
+            let mut checked: Option<std::time::Instant> = None;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                // Re-sign the CRL a day before it expires (an expired CRL would lock
+                // every client out); the file change is then picked up below.
+                if checked.is_none_or(|c| c.elapsed() >= Duration::from_secs(3600)) {
+                    checked = Some(std::time::Instant::now());
+                    match certs::Ca::open(&data.join("ca")).and_then(|ca| ca.refresh_crl_if_due(1))
+                    {
+                        Ok(true) => tracing::info!("revocation list re-signed before expiry"),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "revocation list could not be re-signed")
+                        }
+                    }
+                }
                 let now = mtime(&crl);
                 if now != seen {
                     match acceptor(&data) {
