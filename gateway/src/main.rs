@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod cli;
+mod contribute;
 mod dicomweb;
 mod routes;
 mod server;
@@ -101,6 +102,36 @@ enum Cmd {
         /// Address to listen on [default: 127.0.0.1:8443].
         #[arg(long, env = "HBS_LISTEN")]
         listen: Option<std::net::SocketAddr>,
+    },
+    /// A site's upload: sign a manifest per batch, store over STOW-RS, verify and keep the
+    /// gateway's signed receipts; resumes where an interrupted run stopped.
+    Contribute {
+        /// The gateway.
+        #[arg(long, env = "HBS_GATEWAY", default_value = "https://127.0.0.1:8443")]
+        gateway: String,
+        /// The site's data-provider certificate (PEM).
+        #[arg(long, env = "HBS_CERT")]
+        cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long, env = "HBS_KEY")]
+        key: PathBuf,
+        /// The platform CA (PEM).
+        #[arg(long, env = "HBS_CA")]
+        ca: PathBuf,
+        /// Instances per request.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Progress file (SHA-256 of each file sent and its outcome; no path, no value).
+        #[arg(long, default_value = "hbs-contribute-state.json")]
+        state: PathBuf,
+        /// Where the verified receipts are saved.
+        #[arg(long, default_value = "hbs-receipts")]
+        receipts: PathBuf,
+        /// Machine-readable summary.
+        #[arg(long)]
+        json: bool,
+        /// The folder to contribute.
+        dir: PathBuf,
     },
     /// Print the gateway's route table (method, path, roles admitted) as JSON.
     Routes,
@@ -311,6 +342,25 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { data } => cli::init(&data.config()?).await,
+        Cmd::Contribute {
+            gateway,
+            cert,
+            key,
+            ca,
+            batch,
+            state,
+            receipts,
+            json,
+            dir,
+        } => {
+            let client = contribute::Client {
+                gateway,
+                cert,
+                key,
+                ca,
+            };
+            contribute::contribute(&client, &dir, batch, &state, &receipts, json).await
+        }
         Cmd::Routes => {
             let table: Vec<_> = routes::ROUTES
                 .iter()

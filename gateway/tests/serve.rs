@@ -822,3 +822,99 @@ fn signed_manifests_are_verified_before_anything_is_stored() {
     assert_eq!(code, "200", "{body}");
     assert_eq!(stats(&data)["instances"], 2);
 }
+
+#[test]
+fn hbs_contribute_signs_uploads_verifies_receipts_and_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let corpus = d.path().join("corpus");
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args([
+            "synth",
+            "--patients",
+            "2",
+            "--sites",
+            "1",
+            "--slices",
+            "2",
+            "--out",
+        ])
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let dicom_files = walk(&corpus)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .count();
+    let s = start(&data);
+    let provider = data.join("dev-certs/data-provider");
+    let contribute = |cert: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hbs"))
+            .current_dir(d.path())
+            .args(["contribute", "--json", "--batch", "8", "--gateway"])
+            .arg(format!("https://127.0.0.1:{}", s.port))
+            .arg("--cert")
+            .arg(cert.join("cert.pem"))
+            .arg("--key")
+            .arg(cert.join("key.pem"))
+            .arg("--ca")
+            .arg(data.join("ca/ca.pem"))
+            .arg(&corpus)
+            .output()
+            .unwrap()
+    };
+    let o = contribute(&provider);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["stored"], dicom_files, "{summary}");
+    // clinical.csv and identifiers.json are not DICOM: refused with a reason.
+    assert_eq!(summary["refused"], 2, "{summary}");
+    assert_eq!(stats(&data)["instances"], dicom_files);
+
+    // Every saved receipt verifies with the gateway's certificate (openssl command line).
+    let pubkey = d.path().join("gw.pem");
+    let o = Command::new("openssl")
+        .args(["x509", "-pubkey", "-noout", "-in"])
+        .arg(data.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    std::fs::write(&pubkey, &o.stdout).unwrap();
+    let receipts = d.path().join("hbs-receipts");
+    let mut n = 0;
+    for f in walk(&receipts)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        let ok = Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&pubkey)
+            .arg("-signature")
+            .arg(f.with_extension("sig"))
+            .arg(&f)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "{}", f.display());
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        assert_eq!(r["signed"], true);
+        n += 1;
+    }
+    assert!(n >= 2, "one receipt per batch");
+    // The state file names files by hash only.
+    let state = std::fs::read_to_string(d.path().join("hbs-contribute-state.json")).unwrap();
+    assert!(!state.contains("SITE_A/") && !state.contains(".dcm"));
+
+    // Again: nothing is sent twice.
+    let o = contribute(&provider);
+    assert!(o.status.success());
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again["sent"], 0, "{again}");
+    assert_eq!(stats(&data)["instances"], dicom_files);
+
+    // A researcher cannot contribute; the command says why and fails.
+    let o = contribute(&data.join("dev-certs/researcher"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data-provider"));
+}

@@ -1,0 +1,255 @@
+//! `hbs contribute`: a site's command line. Walks a folder, signs a manifest per batch
+//! with the site's certificate key, uploads over STOW-RS with mTLS, verifies each signed
+//! receipt with the gateway's certificate, saves it, and records progress so that an
+//! interrupted run resumes without sending what was already acknowledged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+use openssl::x509::X509;
+
+/// Where a client finds the gateway and its own identity.
+pub struct Client {
+    /// `https://host:port`.
+    pub gateway: String,
+    /// Client certificate (PEM).
+    pub cert: PathBuf,
+    /// Client key (PEM).
+    pub key: PathBuf,
+    /// The platform CA (PEM).
+    pub ca: PathBuf,
+}
+
+/// One file's outcome, kept in the state file (by SHA-256, never by path).
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Done {
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+fn host_port(url: &str) -> Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("https://")
+        .context("the gateway URL must start with https://")?;
+    let hp = rest.split('/').next().unwrap_or(rest);
+    let (h, p) = hp.rsplit_once(':').unwrap_or((hp, "8443"));
+    Ok((
+        h.to_string(),
+        p.parse().context("bad port in the gateway URL")?,
+    ))
+}
+
+/// Posts one multipart/related body; returns (status, body, headers, the gateway's
+/// certificate as presented in the TLS handshake).
+async fn post(
+    c: &Client,
+    connector: &SslConnector,
+    body: Vec<u8>,
+    boundary: &str,
+) -> Result<(u16, Vec<u8>, hyper::HeaderMap, X509)> {
+    let (host, port) = host_port(&c.gateway)?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot connect to {}", c.gateway))?;
+    let ssl = connector.configure()?.into_ssl(&host)?;
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
+    std::pin::Pin::new(&mut tls)
+        .connect()
+        .await
+        .context("TLS handshake with the gateway failed (certificate refused or revoked?)")?;
+    let server_cert = tls
+        .ssl()
+        .peer_certificate()
+        .context("the gateway presented no certificate")?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/dicomweb/studies")
+        .header("host", host)
+        .header(
+            "content-type",
+            format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes()
+        .to_vec();
+    Ok((status, body, headers, server_cert))
+}
+
+/// `hbs contribute`. Returns an error (exit 2) when the upload could not complete.
+pub async fn contribute(
+    c: &Client,
+    dir: &Path,
+    batch: usize,
+    state_path: &Path,
+    receipts: &Path,
+    json_out: bool,
+) -> Result<()> {
+    let cert_pem =
+        std::fs::read(&c.cert).with_context(|| format!("cannot read {}", c.cert.display()))?;
+    let cert = X509::from_pem(&cert_pem)?;
+    let me = certs::principal_from_cert(&cert)?;
+    let Some(site) = me
+        .site
+        .clone()
+        .filter(|_| me.role == certs::Role::DataProvider)
+    else {
+        bail!("hbs contribute needs a data-provider certificate bound to a site");
+    };
+    let key: PKey<Private> = PKey::private_key_from_pem(
+        &std::fs::read(&c.key).with_context(|| format!("cannot read {}", c.key.display()))?,
+    )?;
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_ca_file(&c.ca)?;
+    b.set_certificate_chain_file(&c.cert)?;
+    b.set_private_key_file(&c.key, SslFiletype::PEM)?;
+    let connector = b.build();
+
+    let mut state: BTreeMap<String, Done> = match std::fs::read(state_path) {
+        Ok(b) => serde_json::from_slice(&b).context("the state file is damaged")?,
+        Err(_) => BTreeMap::new(),
+    };
+    let state_canon = state_path.canonicalize().ok();
+    let mut todo = Vec::new();
+    for path in vault::tree::walk(dir)? {
+        if state_canon
+            .as_ref()
+            .is_some_and(|s| path.canonicalize().ok().as_ref() == Some(s))
+        {
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        let sha = vault::tree::sha256_hex(&bytes);
+        if !state.contains_key(&sha) {
+            todo.push((sha, path));
+        }
+    }
+    std::fs::create_dir_all(receipts)?;
+    let batches = todo.len().div_ceil(batch.max(1));
+    let (mut stored, mut failed) = (0usize, 0usize);
+    for (n, chunk) in todo.chunks(batch.max(1)).enumerate() {
+        let files: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|(sha, p)| Ok((sha.clone(), std::fs::read(p)?)))
+            .collect::<std::io::Result<_>>()?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "site": site,
+            "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1),
+            "consent": "the contributing site attests that consent covers every instance listed",
+            "instances": files.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+        }))?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+        signer.update(&manifest)?;
+        let signature = base64::engine::general_purpose::STANDARD.encode(signer.sign_to_vec()?);
+        let boundary = format!("hbs-contribute-{n}");
+        let mut body = Vec::new();
+        let mut part = |ct: &str, bytes: &[u8]| {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Type: {ct}\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        };
+        part(crate::dicomweb::MANIFEST_TYPE, &manifest);
+        part(crate::dicomweb::SIGNATURE_TYPE, signature.as_bytes());
+        for (_, bytes) in &files {
+            part("application/dicom", bytes);
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let (status, resp, headers, gateway_cert) = post(c, &connector, body, &boundary).await?;
+        if !matches!(status, 200 | 202 | 409) {
+            bail!(
+                "batch {}/{batches}: the gateway answered {status}: {}",
+                n + 1,
+                String::from_utf8_lossy(&resp)
+            );
+        }
+        // The receipt, verified with the certificate the gateway presented (itself
+        // verified against the platform CA in the handshake).
+        let get = |h: &str| {
+            headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        };
+        let (Some(receipt), Some(sig)) = (get("hbs-receipt"), get("hbs-receipt-signature")) else {
+            bail!(
+                "batch {}/{batches}: the gateway sent no signed receipt",
+                n + 1
+            );
+        };
+        let gateway_key = gateway_cert.public_key()?;
+        let mut v =
+            openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &gateway_key)?;
+        v.update(&receipt)?;
+        if !v.verify(&sig)? {
+            bail!(
+                "batch {}/{batches}: the receipt's signature does not verify",
+                n + 1
+            );
+        }
+        let r: serde_json::Value = serde_json::from_slice(&receipt)?;
+        std::fs::write(receipts.join(format!("receipt-{:06}.json", n)), &receipt)?;
+        std::fs::write(receipts.join(format!("receipt-{:06}.sig", n)), &sig)?;
+        // Failures name their part by position among the instances of the batch.
+        let mut reasons: BTreeMap<usize, String> = BTreeMap::new();
+        for f in r["failed"].as_array().into_iter().flatten() {
+            if let Some(i) = f["part"].as_u64() {
+                reasons.insert(i as usize, f["reason"].as_str().unwrap_or("").to_string());
+            }
+        }
+        for (i, (sha, _)) in files.iter().enumerate() {
+            let done = match reasons.get(&i) {
+                Some(reason) => {
+                    failed += 1;
+                    Done {
+                        status: "refused".into(),
+                        reason: Some(reason.clone()),
+                    }
+                }
+                None => {
+                    stored += 1;
+                    Done {
+                        status: "stored".into(),
+                        reason: None,
+                    }
+                }
+            };
+            state.insert(sha.clone(), done);
+        }
+        let tmp = state_path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?)?;
+        std::fs::rename(&tmp, state_path)?;
+        eprintln!(
+            "batch {}/{batches}: {} stored or already there, {} refused",
+            n + 1,
+            files.len() - reasons.len(),
+            reasons.len()
+        );
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({"sent": todo.len(), "stored": stored, "refused": failed,
+                "already_done": state.len() - todo.len(), "receipts": receipts})
+        );
+    } else {
+        println!(
+            "{} files sent in {batches} signed batches: {stored} stored, {failed} refused with a reason; {} done before; receipts verified and saved in {}",
+            todo.len(),
+            state.len() - todo.len(),
+            receipts.display()
+        );
+    }
+    Ok(())
+}
