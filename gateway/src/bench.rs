@@ -548,39 +548,27 @@ pub async fn stow(
         };
         std::thread::spawn(move || for _ in lines {});
         let dev = data.join("dev-certs/data-provider");
-        let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())?;
-        b.set_ca_file(data.join("ca/ca.pem"))?;
-        b.set_certificate_chain_file(dev.join("cert.pem"))?;
-        b.set_private_key_file(dev.join("key.pem"), openssl::ssl::SslFiletype::PEM)?;
-        let connector = Arc::new(b.build());
+        let connector = Arc::new(crate::client::connector(
+            &data.join("ca/ca.pem"),
+            &dev.join("cert.pem"),
+            &dev.join("key.pem"),
+        )?);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let t = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..clients {
             let (connector, next, inputs) = (connector.clone(), next.clone(), inputs.clone());
             set.spawn(async move {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                let ssl = connector.configure()?.into_ssl("localhost")?;
-                let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
-                std::pin::Pin::new(&mut tls).connect().await?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-                tokio::spawn(conn);
+                let (mut sender, _) = crate::client::connect(&connector, "localhost", port).await?;
                 let mut latencies = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(instance) = inputs.get(i) else { break };
-                    let boundary = "hbs-bench";
-                    let mut body = format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
-                    body.extend_from_slice(instance);
-                    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-                    let req = hyper::Request::post("/dicomweb/studies")
-                        .header("host", "localhost")
-                        .header(
-                            "content-type",
-                            format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
-                        )
-                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+                    let req = crate::client::stow_request(
+                        "localhost",
+                        "hbs-bench",
+                        &[("application/dicom", instance.as_slice())],
+                    )?;
                     let start = Instant::now();
                     let resp = sender.send_request(req).await?;
                     let status = resp.status();

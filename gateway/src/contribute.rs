@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+use openssl::ssl::SslConnector;
 use openssl::x509::X509;
 
 /// Where a client finds the gateway and its own identity.
@@ -44,38 +44,17 @@ fn host_port(url: &str) -> Result<(String, u16)> {
     ))
 }
 
-/// Posts one multipart/related body; returns (status, body, headers, the gateway's
-/// certificate as presented in the TLS handshake).
+/// Posts one STOW-RS request; returns (status, body, headers, the gateway's certificate
+/// as presented in the TLS handshake).
 async fn post(
     c: &Client,
     connector: &SslConnector,
-    body: Vec<u8>,
     boundary: &str,
+    parts: &[(&str, &[u8])],
 ) -> Result<(u16, Vec<u8>, hyper::HeaderMap, X509)> {
     let (host, port) = host_port(&c.gateway)?;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot connect to {}", c.gateway))?;
-    let ssl = connector.configure()?.into_ssl(&host)?;
-    let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
-    std::pin::Pin::new(&mut tls)
-        .connect()
-        .await
-        .context("TLS handshake with the gateway failed (certificate refused or revoked?)")?;
-    let server_cert = tls
-        .ssl()
-        .peer_certificate()
-        .context("the gateway presented no certificate")?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::post("/dicomweb/studies")
-        .header("host", host)
-        .header(
-            "content-type",
-            format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
-        )
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let (mut sender, server_cert) = crate::client::connect(connector, &host, port).await?;
+    let req = crate::client::stow_request(&host, boundary, parts)?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -109,11 +88,7 @@ pub async fn contribute(
     let key: PKey<Private> = PKey::private_key_from_pem(
         &std::fs::read(&c.key).with_context(|| format!("cannot read {}", c.key.display()))?,
     )?;
-    let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    b.set_ca_file(&c.ca)?;
-    b.set_certificate_chain_file(&c.cert)?;
-    b.set_private_key_file(&c.key, SslFiletype::PEM)?;
-    let connector = b.build();
+    let connector = crate::client::connector(&c.ca, &c.cert, &c.key)?;
 
     let mut state: BTreeMap<String, Done> = match std::fs::read(state_path) {
         Ok(b) => serde_json::from_slice(&b).context("the state file is damaged")?,
@@ -152,21 +127,16 @@ pub async fn contribute(
         signer.update(&manifest)?;
         let signature = base64::engine::general_purpose::STANDARD.encode(signer.sign_to_vec()?);
         let boundary = format!("hbs-contribute-{n}");
-        let mut body = Vec::new();
-        let mut part = |ct: &str, bytes: &[u8]| {
-            body.extend_from_slice(
-                format!("--{boundary}\r\nContent-Type: {ct}\r\n\r\n").as_bytes(),
-            );
-            body.extend_from_slice(bytes);
-            body.extend_from_slice(b"\r\n");
-        };
-        part(crate::dicomweb::MANIFEST_TYPE, &manifest);
-        part(crate::dicomweb::SIGNATURE_TYPE, signature.as_bytes());
-        for (_, bytes) in &files {
-            part("application/dicom", bytes);
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        let (status, resp, headers, gateway_cert) = post(c, &connector, body, &boundary).await?;
+        let mut parts: Vec<(&str, &[u8])> = vec![
+            (crate::dicomweb::MANIFEST_TYPE, &manifest),
+            (crate::dicomweb::SIGNATURE_TYPE, signature.as_bytes()),
+        ];
+        parts.extend(
+            files
+                .iter()
+                .map(|(_, b)| ("application/dicom", b.as_slice())),
+        );
+        let (status, resp, headers, gateway_cert) = post(c, &connector, &boundary, &parts).await?;
         if !matches!(status, 200 | 202 | 409) {
             bail!(
                 "batch {}/{batches}: the gateway answered {status}: {}",

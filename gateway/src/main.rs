@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod cli;
+mod client;
 mod contribute;
 mod dicomweb;
 mod routes;
