@@ -339,6 +339,18 @@ fn untrusted_revoked_expired_and_malformed_certificates_are_refused() {
     assert!(!tls12.status.success(), "TLS 1.2 is refused");
 }
 
+/// Writes a synthetic corpus of `patients` patients at one site, two slices per series.
+fn synth(corpus: &Path, patients: usize) {
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(["synth", "--sites", "1", "--slices", "2", "--patients"])
+        .arg(patients.to_string())
+        .arg("--out")
+        .arg(corpus)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn python() -> Option<PathBuf> {
     let p = std::env::var_os("HBS_PYTHON")
         .map(PathBuf::from)
@@ -396,21 +408,7 @@ fn stow_rs_from_dicomweb_client_and_curl() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     let corpus = d.path().join("corpus");
-    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
-        .args([
-            "synth",
-            "--patients",
-            "1",
-            "--sites",
-            "1",
-            "--slices",
-            "2",
-            "--out",
-        ])
-        .arg(&corpus)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    synth(&corpus, 1);
     let s = start(&data);
     let dev = data.join("dev-certs");
     // One series of the baseline study.
@@ -475,45 +473,20 @@ fn stow_rs_from_dicomweb_client_and_curl() {
     assert_eq!(denied["status"], 403, "{denied}");
 
     // curl with a hand-made multipart/related body: one good instance, one bad part.
-    let boundary = "hbs-test-boundary";
-    let mut body = Vec::new();
-    for part in [
-        std::fs::read(&files[files.len() - 1]).unwrap(),
-        b"not dicom".to_vec(),
-    ] {
-        body.extend_from_slice(
-            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
-        );
-        body.extend_from_slice(&part);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let body_file = d.path().join("body.bin");
-    std::fs::write(&body_file, &body).unwrap();
-    let headers_file = d.path().join("headers.txt");
-    let o = Command::new("curl")
-        .arg("-D")
-        .arg(&headers_file)
-        .args(["-s", "-w", "\n%{http_code}", "--cacert"])
-        .arg(data.join("ca/ca.pem"))
-        .arg("--cert")
-        .arg(dev.join("data-provider/cert.pem"))
-        .arg("--key")
-        .arg(dev.join("data-provider/key.pem"))
-        .args([
-            "-H",
-            &format!(
-                "Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}"
+    let (code, json, headers) = post_parts(
+        &s,
+        &dev.join("data-provider"),
+        &[
+            (
+                "application/dicom",
+                std::fs::read(&files[files.len() - 1]).unwrap(),
             ),
-        ])
-        .arg("--data-binary")
-        .arg(format!("@{}", body_file.display()))
-        .arg(format!("https://127.0.0.1:{}/dicomweb/studies", s.port))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let (json, code) = out.rsplit_once('\n').unwrap();
-    assert_eq!(code, "202", "{out}");
+            ("application/dicom", b"not dicom".to_vec()),
+        ],
+        d.path(),
+    );
+    assert_eq!(code, "202", "{json}");
+    let json = json.as_str();
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["00081199"]["Value"].as_array().unwrap().len(), 1);
     let failed = &v["00081198"]["Value"][0];
@@ -526,7 +499,6 @@ fn stow_rs_from_dicomweb_client_and_curl() {
     );
     // The signed receipt: decode it and verify it offline with the gateway's certificate
     // and the openssl command line, as a site would.
-    let headers = std::fs::read_to_string(&headers_file).unwrap();
     let header = |name: &str| {
         headers
             .lines()
@@ -691,21 +663,7 @@ fn signed_manifests_are_verified_before_anything_is_stored() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     let corpus = d.path().join("corpus");
-    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
-        .args([
-            "synth",
-            "--patients",
-            "1",
-            "--sites",
-            "1",
-            "--slices",
-            "2",
-            "--out",
-        ])
-        .arg(&corpus)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    synth(&corpus, 1);
     let s = start(&data);
     let dev = data.join("dev-certs");
     let provider = dev.join("data-provider");
@@ -828,21 +786,7 @@ fn hbs_contribute_signs_uploads_verifies_receipts_and_resumes() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     let corpus = d.path().join("corpus");
-    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
-        .args([
-            "synth",
-            "--patients",
-            "2",
-            "--sites",
-            "1",
-            "--slices",
-            "2",
-            "--out",
-        ])
-        .arg(&corpus)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    synth(&corpus, 2);
     let dicom_files = walk(&corpus)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
