@@ -31,6 +31,9 @@ use crate::routes::{AppState, PeerKey};
 /// Largest single instance accepted in a STOW-RS part.
 const MAX_PART: u64 = 1 << 30;
 
+/// Parts of one request de-identified and stored at once.
+const PARALLEL_PARTS: usize = 16;
+
 /// PS3.4 / PS3.18 failure reasons used here.
 const PROCESSING_FAILURE: u16 = 0x0110;
 const CANNOT_UNDERSTAND: u16 = 0xC000;
@@ -217,6 +220,12 @@ async fn store(
         Ok(None) => {}
         Err(e) => failed.push((index, CANNOT_UNDERSTAND, format!("multipart body: {e}"))),
     }
+    // Parts are de-identified and stored concurrently (up to PARALLEL_PARTS at once, so
+    // memory stays bounded), each waiting for its own durability; the answer lists them
+    // in request order.
+    let mut running: tokio::task::JoinSet<(usize, Result<Ingested, VaultError>)> =
+        tokio::task::JoinSet::new();
+    let mut outcomes = Vec::new();
     loop {
         let field = match pending_first.take() {
             Some(f) => f,
@@ -249,11 +258,32 @@ async fn store(
                 continue;
             }
         }
-        match state
-            .vault
-            .ingest_into(&site, bytes, study.as_deref())
-            .await
-        {
+        while running.len() >= PARALLEL_PARTS {
+            if let Some(done) = running.join_next().await {
+                outcomes.push(done);
+            }
+        }
+        let (vault, site, study, i) = (state.vault.clone(), site.clone(), study.clone(), index);
+        running.spawn(async move { (i, vault.ingest_into(&site, bytes, study.as_deref()).await) });
+        index += 1;
+    }
+    while let Some(done) = running.join_next().await {
+        outcomes.push(done);
+    }
+    let mut outcomes = match outcomes.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "an ingest task failed");
+            return dicom_json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "an ingest task failed; send the contribution again (stored instances are not duplicated)",
+            );
+        }
+    };
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut vault_failed = false;
+    for (index, outcome) in outcomes {
+        match outcome {
             Ok(Ingested::Stored {
                 sop_uid,
                 study_uid,
@@ -279,17 +309,21 @@ async fn store(
                 failed.push((index, REFUSED, e.to_string()));
             }
             Err(e) => {
-                // The vault itself failed (database, store, keys): nothing of this part
-                // is acknowledged; say so and stop.
                 tracing::error!(error = %e, "contribution could not be stored");
-                return dicom_json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the vault could not store the contribution: the parts before the failing one were stored, it and the rest were not; send it again (stored instances are not duplicated)",
-                );
+                vault_failed = true;
             }
         }
-        index += 1;
     }
+    if vault_failed {
+        // The vault itself failed (database, store, keys) for at least one part: the
+        // request is not acknowledged. Parts that did get stored are idempotent, so the
+        // site sends the same request again.
+        return dicom_json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the vault could not store every part of the contribution; send it again (instances already stored are not duplicated)",
+        );
+    }
+    failed.sort_by_key(|(i, _, _)| *i);
     tracing::info!(site = %site, stored = stored.len(), failed = failed.len(), "contribution");
     let mut out = serde_json::Map::new();
     if !stored.is_empty() {

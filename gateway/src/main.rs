@@ -13,6 +13,7 @@ mod cli;
 mod client;
 mod contribute;
 mod dicomweb;
+mod qido;
 mod routes;
 mod server;
 

@@ -33,6 +33,9 @@ pub struct AppState {
 pub struct PeerKey(pub Arc<openssl::pkey::PKey<openssl::pkey::Public>>);
 
 const ALL: &[Role] = &Role::ALL;
+/// Who may search the pseudonymized catalogue (QIDO-RS); data providers see their own
+/// site only (see [`crate::qido`]).
+const SEARCH: &[Role] = &[Role::DataProvider, Role::Operator, Role::Auditor];
 
 /// Every route: method, path (as axum matches it) and the roles admitted.
 pub const ROUTES: &[(&str, &str, &[Role])] = &[
@@ -42,6 +45,16 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
     ("GET", "/whoami", ALL),
     ("POST", "/dicomweb/studies", &[Role::DataProvider]),
     ("POST", "/dicomweb/studies/{study}", &[Role::DataProvider]),
+    ("GET", "/dicomweb/studies", SEARCH),
+    ("GET", "/dicomweb/series", SEARCH),
+    ("GET", "/dicomweb/instances", SEARCH),
+    ("GET", "/dicomweb/studies/{study}/series", SEARCH),
+    ("GET", "/dicomweb/studies/{study}/instances", SEARCH),
+    (
+        "GET",
+        "/dicomweb/studies/{study}/series/{series}/instances",
+        SEARCH,
+    ),
 ];
 
 /// The router: [`ROUTES`] with their handlers, behind the role gate and the metrics.
@@ -51,10 +64,27 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/whoami", get(whoami))
-        .route("/dicomweb/studies", post(crate::dicomweb::stow))
+        .route(
+            "/dicomweb/studies",
+            post(crate::dicomweb::stow).get(crate::qido::studies),
+        )
         .route(
             "/dicomweb/studies/{study}",
             post(crate::dicomweb::stow_study),
+        )
+        .route("/dicomweb/series", get(crate::qido::series))
+        .route("/dicomweb/instances", get(crate::qido::instances))
+        .route(
+            "/dicomweb/studies/{study}/series",
+            get(crate::qido::study_series),
+        )
+        .route(
+            "/dicomweb/studies/{study}/instances",
+            get(crate::qido::study_instances),
+        )
+        .route(
+            "/dicomweb/studies/{study}/series/{series}/instances",
+            get(crate::qido::series_instances),
         )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)

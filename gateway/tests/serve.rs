@@ -2,9 +2,10 @@
 //! The role matrix covers every route of the gateway's own table; the TLS checks cover
 //! no certificate, a foreign CA, a revoked, an expired and a malformed certificate.
 
-use std::io::{BufRead, BufReader};
+mod common;
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const ROLES: [&str; 6] = [
@@ -35,138 +36,21 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
         ("POST", "/dicomweb/studies") | ("POST", "/dicomweb/studies/{study}") => {
             Some(if role == "data-provider" { 415 } else { 403 })
         }
+        // Searches: data providers (their own site), operators and auditors.
+        ("GET", "/dicomweb/studies")
+        | ("GET", "/dicomweb/series")
+        | ("GET", "/dicomweb/instances")
+        | ("GET", "/dicomweb/studies/{study}/series")
+        | ("GET", "/dicomweb/studies/{study}/instances")
+        | ("GET", "/dicomweb/studies/{study}/series/{series}/instances") => Some(
+            if matches!(role, "data-provider" | "operator" | "auditor") {
+                200
+            } else {
+                403
+            },
+        ),
         _ => None,
     }
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    data: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hbs"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env_remove("HBS_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("hbs serve printed its address")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("hbs gateway listening on https://") {
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        port,
-        data: data.to_path_buf(),
-    }
-}
-
-/// curl with a client certificate (or none); returns the HTTP status, or None when the
-/// TLS handshake or connection failed.
-fn curl(s: &Server, path: &str, cert_dir: Option<&Path>) -> (Option<u16>, String) {
-    curl_method(s, "GET", path, cert_dir)
-}
-
-fn curl_method(
-    s: &Server,
-    method: &str,
-    path: &str,
-    cert_dir: Option<&Path>,
-) -> (Option<u16>, String) {
-    let mut c = Command::new("curl");
-    c.args(["-X", method]);
-    c.args(["-s", "-w", "\n%{http_code}", "--max-time", "10", "--cacert"])
-        .arg(s.data.join("ca/ca.pem"));
-    if let Some(d) = cert_dir {
-        c.arg("--cert")
-            .arg(d.join("cert.pem"))
-            .arg("--key")
-            .arg(d.join("key.pem"));
-    }
-    let o = c
-        .arg(format!("https://127.0.0.1:{}{path}", s.port))
-        .output()
-        .expect("curl is installed");
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "000"));
-    let code: u16 = code.trim().parse().unwrap_or(0);
-    (
-        (o.status.success() && code != 0).then_some(code),
-        body.to_string(),
-    )
-}
-
-fn openssl_ca_sign(data: &Path, dir: &Path, san: &str, days: u32) {
-    std::fs::create_dir_all(dir).unwrap();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=t",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .args([
-            "-addext",
-            &format!("subjectAltName={san}"),
-            "-addext",
-            "extendedKeyUsage=clientAuth",
-            "-out",
-        ])
-        .arg(dir.join("req.csr"))
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok);
-    let ok = Command::new("openssl")
-        .args([
-            "x509",
-            "-req",
-            "-copy_extensions",
-            "copy",
-            "-days",
-            &days.to_string(),
-            "-in",
-        ])
-        .arg(dir.join("req.csr"))
-        .arg("-CA")
-        .arg(data.join("ca/ca.pem"))
-        .arg("-CAkey")
-        .arg(data.join("ca/ca.key"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok);
 }
 
 #[test]
@@ -193,13 +77,18 @@ fn every_route_times_every_caller() {
             let want = expected(m, p, role)
                 .unwrap_or_else(|| panic!("route {m} {p} has no row in the test matrix"));
             // Body-carrying calls are in stow_rs_from_dicomweb_client_and_curl.
-            let path = p.replace("{study}", "1.2.3");
+            let path = p.replace("{study}", "1.2.3").replace("{series}", "1.2.4");
             let (got, body) = curl_method(&s, m, &path, Some(&dev.join(role)));
             assert_eq!(got, Some(want), "{role} {m} {p}: {body}");
         }
         // No certificate: the handshake fails, nothing is answered.
         assert_eq!(
-            curl(&s, &p.replace("{study}", "1.2.3"), None).0,
+            curl(
+                &s,
+                &p.replace("{study}", "1.2.3").replace("{series}", "1.2.4"),
+                None
+            )
+            .0,
             None,
             "no certificate on {p}"
         );
@@ -337,67 +226,6 @@ fn untrusted_revoked_expired_and_malformed_certificates_are_refused() {
         .output()
         .unwrap();
     assert!(!tls12.status.success(), "TLS 1.2 is refused");
-}
-
-/// Writes a synthetic corpus of `patients` patients at one site, two slices per series.
-fn synth(corpus: &Path, patients: usize) {
-    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
-        .args(["synth", "--sites", "1", "--slices", "2", "--patients"])
-        .arg(patients.to_string())
-        .arg("--out")
-        .arg(corpus)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("HBS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("python with dicomweb-client is required under CI=true (run bash .ci/run)");
-    }
-    eprintln!(
-        "SKIPPED: STOW-RS with dicomweb-client: no python at {}",
-        p.display()
-    );
-    None
-}
-
-/// Runs the standard Python dicomweb-client against the gateway.
-fn dicomweb_store(
-    s: &Server,
-    cert: &Path,
-    files: &[PathBuf],
-    study: Option<&str>,
-) -> serde_json::Value {
-    let py = python().expect("checked by the caller");
-    let mut c = Command::new(py);
-    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/stow_client.py"))
-        .arg(format!("https://127.0.0.1:{}", s.port))
-        .arg(s.data.join("ca/ca.pem"))
-        .arg(cert.join("cert.pem"))
-        .arg(cert.join("key.pem"));
-    if let Some(st) = study {
-        c.args(["--study", st]);
-    }
-    let o = c.args(files).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn stats(data: &Path) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
-        .args(["vault", "stats", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 #[test]
@@ -571,91 +399,6 @@ fn stow_rs_from_dicomweb_client_and_curl() {
         m.contains("hbs_ingest_instances_total{outcome=\"duplicate\"}"),
         "{m}"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
-/// Sends a multipart/related body of `parts` (content type, bytes) with curl; returns
-/// (status, body, headers).
-fn post_parts(
-    s: &Server,
-    cert: &Path,
-    parts: &[(&str, Vec<u8>)],
-    dir: &Path,
-) -> (String, String, String) {
-    let boundary = "hbs-test-boundary-2";
-    let mut body = Vec::new();
-    for (ct, bytes) in parts {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Type: {ct}\r\n\r\n").as_bytes());
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let body_file = dir.join("post.bin");
-    let headers_file = dir.join("post.headers");
-    std::fs::write(&body_file, &body).unwrap();
-    let o = Command::new("curl")
-        .arg("-D")
-        .arg(&headers_file)
-        .args(["-s", "-w", "\n%{http_code}", "--cacert"])
-        .arg(s.data.join("ca/ca.pem"))
-        .arg("--cert")
-        .arg(cert.join("cert.pem"))
-        .arg("--key")
-        .arg(cert.join("key.pem"))
-        .args([
-            "-H",
-            &format!(
-                "Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}"
-            ),
-        ])
-        .arg("--data-binary")
-        .arg(format!("@{}", body_file.display()))
-        .arg(format!("https://127.0.0.1:{}/dicomweb/studies", s.port))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let (json, code) = out.rsplit_once('\n').unwrap();
-    (
-        code.to_string(),
-        json.to_string(),
-        std::fs::read_to_string(&headers_file).unwrap_or_default(),
-    )
-}
-
-/// Signs `data` with a PEM key through the openssl command line; returns base64 DER.
-fn openssl_sign(key: &Path, data: &[u8], dir: &Path) -> Vec<u8> {
-    let f = dir.join("to-sign.bin");
-    let sig = dir.join("sig.der");
-    std::fs::write(&f, data).unwrap();
-    let ok = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .arg("-out")
-        .arg(&sig)
-        .arg(&f)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok);
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .encode(std::fs::read(&sig).unwrap())
-        .into_bytes()
 }
 
 #[test]

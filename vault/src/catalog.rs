@@ -163,9 +163,247 @@ where
     Ok(res.rows_affected() == 1)
 }
 
+fn instance_row(r: sqlx::any::AnyRow) -> InstanceRow {
+    InstanceRow {
+        object_id: r.get(0),
+        pseudonym: r.get(1),
+        site: r.get(2),
+        study_uid: r.get(3),
+        series_uid: r.get(4),
+        sop_uid: r.get(5),
+        sop_class: r.get(6),
+        modality: r.get(7),
+        manufacturer: r.get(8),
+        series_description: r.get(9),
+        study_date: r.get(10),
+        transfer_syntax: r.get(11),
+        size: r.get(12),
+        sha256: r.get(13),
+        key_version: r.get::<i64, _>(14) as u32,
+    }
+}
+
 const INSTANCE_COLUMNS: &str = "object_id, pseudonym, site, study_uid, series_uid, sop_uid, sop_class, modality, manufacturer, series_description, study_date, transfer_syntax, size, sha256, key_version";
 
+/// A search over the catalogue (QIDO-RS): every condition given must hold; an empty
+/// list or `None` matches everything. All values are pseudonymized ones.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    /// Only this contributing site (a data provider sees its own site only).
+    pub site: Option<String>,
+    /// Study Instance UIDs (any of).
+    pub study_uids: Vec<String>,
+    /// Series Instance UIDs (any of).
+    pub series_uids: Vec<String>,
+    /// SOP Instance UIDs (any of).
+    pub sop_uids: Vec<String>,
+    /// SOP Class UIDs (any of).
+    pub sop_classes: Vec<String>,
+    /// Patient pseudonym.
+    pub pseudonym: Option<String>,
+    /// Series modality.
+    pub modality: Option<String>,
+    /// Studies with at least one series of this modality.
+    pub modality_in_study: Option<String>,
+    /// Manufacturer.
+    pub manufacturer: Option<String>,
+    /// Shifted study date, inclusive lower bound (YYYYMMDD).
+    pub date_from: Option<String>,
+    /// Shifted study date, inclusive upper bound (YYYYMMDD).
+    pub date_to: Option<String>,
+    /// Most results returned.
+    pub limit: i64,
+    /// Results skipped (in UID order).
+    pub offset: i64,
+}
+
+impl Search {
+    /// The WHERE clause (possibly empty) and its values, bound in order as $1, $2...
+    fn clause(&self) -> (String, Vec<String>) {
+        let mut conds = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        let mut eq = |col: &str, v: &Option<String>, conds: &mut Vec<String>| {
+            if let Some(v) = v {
+                binds.push(v.clone());
+                conds.push(format!("{col} = ${}", binds.len()));
+            }
+        };
+        eq("site", &self.site, &mut conds);
+        eq("pseudonym", &self.pseudonym, &mut conds);
+        eq("modality", &self.modality, &mut conds);
+        eq("manufacturer", &self.manufacturer, &mut conds);
+        if let Some(m) = &self.modality_in_study {
+            binds.push(m.clone());
+            conds.push(format!(
+                "study_uid IN (SELECT study_uid FROM instances WHERE modality = ${})",
+                binds.len()
+            ));
+        }
+        if let Some(d) = &self.date_from {
+            binds.push(d.clone());
+            conds.push(format!("study_date >= ${}", binds.len()));
+        }
+        if let Some(d) = &self.date_to {
+            binds.push(d.clone());
+            conds.push(format!("study_date <= ${}", binds.len()));
+        }
+        for (col, list) in [
+            ("study_uid", &self.study_uids),
+            ("series_uid", &self.series_uids),
+            ("sop_uid", &self.sop_uids),
+            ("sop_class", &self.sop_classes),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            let mut marks = Vec::new();
+            for v in list {
+                binds.push(v.clone());
+                marks.push(format!("${}", binds.len()));
+            }
+            conds.push(format!("{col} IN ({})", marks.join(", ")));
+        }
+        let clause = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        (clause, binds)
+    }
+
+    fn page(&self) -> String {
+        format!("LIMIT {} OFFSET {}", self.limit.max(0), self.offset.max(0))
+    }
+}
+
+/// A study matched by a search.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StudyMatch {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Patient pseudonym.
+    pub pseudonym: String,
+    /// Shifted study date.
+    pub study_date: String,
+    /// Modalities of its series, sorted.
+    pub modalities: Vec<String>,
+    /// Number of series.
+    pub series: i64,
+    /// Number of instances.
+    pub instances: i64,
+}
+
+/// A series matched by a search.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeriesMatch {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Patient pseudonym.
+    pub pseudonym: String,
+    /// Shifted study date.
+    pub study_date: String,
+    /// Modality.
+    pub modality: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Cleaned Series Description.
+    pub series_description: String,
+    /// Number of instances.
+    pub instances: i64,
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    binds: Vec<String>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for b in binds {
+        q = q.bind(b);
+    }
+    q
+}
+
 impl Catalog {
+    /// Studies matching `s`, in Study Instance UID order.
+    pub async fn search_studies(&self, s: &Search) -> Result<Vec<StudyMatch>, CatalogError> {
+        let (clause, binds) = s.clause();
+        let agg = match self.engine {
+            Engine::Sqlite => "group_concat(DISTINCT modality)",
+            Engine::Postgres => "string_agg(DISTINCT modality, ',')",
+        };
+        let sql = format!(
+            "SELECT study_uid, MIN(pseudonym), MIN(study_date), COUNT(DISTINCT series_uid), COUNT(*), {agg}
+             FROM instances {clause} GROUP BY study_uid ORDER BY study_uid {}",
+            s.page()
+        );
+        let rows = bind_all(sqlx::query(&sql), binds)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let mods: String = r.get(5);
+                let mut modalities: Vec<String> = mods
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                modalities.sort();
+                StudyMatch {
+                    study_uid: r.get(0),
+                    pseudonym: r.get(1),
+                    study_date: r.get(2),
+                    modalities,
+                    series: r.get(3),
+                    instances: r.get(4),
+                }
+            })
+            .collect())
+    }
+
+    /// Series matching `s`, in (study, series) UID order.
+    pub async fn search_series(&self, s: &Search) -> Result<Vec<SeriesMatch>, CatalogError> {
+        let (clause, binds) = s.clause();
+        let sql = format!(
+            "SELECT study_uid, series_uid, MIN(pseudonym), MIN(study_date), MIN(modality),
+                    MIN(manufacturer), MIN(series_description), COUNT(*)
+             FROM instances {clause} GROUP BY study_uid, series_uid
+             ORDER BY study_uid, series_uid {}",
+            s.page()
+        );
+        let rows = bind_all(sqlx::query(&sql), binds)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SeriesMatch {
+                study_uid: r.get(0),
+                series_uid: r.get(1),
+                pseudonym: r.get(2),
+                study_date: r.get(3),
+                modality: r.get(4),
+                manufacturer: r.get(5),
+                series_description: r.get(6),
+                instances: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Instances matching `s`, in (study, series, SOP) UID order.
+    pub async fn search_instances(&self, s: &Search) -> Result<Vec<InstanceRow>, CatalogError> {
+        let (clause, binds) = s.clause();
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances {clause}
+             ORDER BY study_uid, series_uid, sop_uid {}",
+            s.page()
+        );
+        let rows = bind_all(sqlx::query(&sql), binds)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(instance_row).collect())
+    }
+
     /// Connects and creates the schema if needed.
     pub async fn connect(url: &str) -> Result<Self, CatalogError> {
         sqlx::any::install_default_drivers();
@@ -242,6 +480,9 @@ impl Catalog {
                 created_at BIGINT NOT NULL)"
                 .to_string(),
             "CREATE INDEX IF NOT EXISTS instances_by_patient ON instances(pseudonym)".to_string(),
+            "CREATE INDEX IF NOT EXISTS instances_by_study ON instances(study_uid, series_uid)"
+                .to_string(),
+            "CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid)".to_string(),
             "CREATE TABLE IF NOT EXISTS clinical_records (
                 object_id TEXT PRIMARY KEY,
                 pseudonym TEXT NOT NULL REFERENCES patients(pseudonym),
@@ -362,26 +603,7 @@ impl Catalog {
                     .await?
             }
         };
-        Ok(rows
-            .into_iter()
-            .map(|r| InstanceRow {
-                object_id: r.get(0),
-                pseudonym: r.get(1),
-                site: r.get(2),
-                study_uid: r.get(3),
-                series_uid: r.get(4),
-                sop_uid: r.get(5),
-                sop_class: r.get(6),
-                modality: r.get(7),
-                manufacturer: r.get(8),
-                series_description: r.get(9),
-                study_date: r.get(10),
-                transfer_syntax: r.get(11),
-                size: r.get(12),
-                sha256: r.get(13),
-                key_version: r.get::<i64, _>(14) as u32,
-            })
-            .collect())
+        Ok(rows.into_iter().map(instance_row).collect())
     }
 
     /// Clinical record object IDs of one patient, or all: (object ID, pseudonym, key version).

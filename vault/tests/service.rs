@@ -303,3 +303,102 @@ async fn clinical_records_are_encrypted_and_exported_pseudonymized() {
         common::drop_pg(&db).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_search_answers_alike_on_every_database() {
+    use vault::catalog::Search;
+    let root = tempfile::tempdir().unwrap();
+    let dbs = common::databases("catalogue_search", root.path()).await;
+    for (i, db) in dbs.iter().cloned().enumerate() {
+        let engine = if db.is_some() { "postgres" } else { "sqlite" };
+        let (v, _cfg) = vault_for(&root.path().join(format!("data{i}")), db.clone()).await;
+        let site = SiteId::new("SITE_A").unwrap();
+        // Patient A: one study of 2 instances; patient B: one study of 3.
+        let mut pseudonyms = Vec::new();
+        for (pid, name, n) in [("MRN-1", "DOE^JOHN", 2), ("MRN-2", "ROE^RICHARD", 3)] {
+            let study = format!("1.3.6.1.4.1.99999.{}", &pid[4..]);
+            for k in 1..=n {
+                let r = v
+                    .ingest(
+                        &site,
+                        instance(pid, name, &study, &format!("{study}.1.{k}")),
+                    )
+                    .await
+                    .unwrap();
+                if let Ingested::Stored { pseudonym, .. } = r {
+                    if k == 1 {
+                        pseudonyms.push(pseudonym);
+                    }
+                }
+            }
+        }
+        let c = v.catalog();
+        let all = Search {
+            limit: 100,
+            ..Default::default()
+        };
+        let studies = c.search_studies(&all).await.unwrap();
+        let mut counts: Vec<i64> = studies.iter().map(|s| s.instances).collect();
+        counts.sort();
+        assert_eq!(counts, vec![2, 3], "{engine}");
+        for s in &studies {
+            assert_eq!(s.modalities, vec!["MR".to_string()], "{engine}");
+            assert_eq!(s.series, 1, "{engine}");
+        }
+        let a = Search {
+            pseudonym: Some(pseudonyms[0].clone()),
+            ..all.clone()
+        };
+        let a_studies = c.search_studies(&a).await.unwrap();
+        assert_eq!(a_studies.len(), 1, "{engine}");
+        assert_eq!(a_studies[0].instances, 2, "{engine}");
+        // Series and instances of that study; paging; site, modality and date filters.
+        let in_study = Search {
+            study_uids: vec![a_studies[0].study_uid.clone()],
+            ..all.clone()
+        };
+        let series = c.search_series(&in_study).await.unwrap();
+        assert_eq!(series.len(), 1, "{engine}");
+        assert_eq!(series[0].instances, 2, "{engine}");
+        assert_eq!(series[0].modality, "MR", "{engine}");
+        let inst = c.search_instances(&in_study).await.unwrap();
+        assert_eq!(inst.len(), 2, "{engine}");
+        let page = Search {
+            limit: 2,
+            offset: 3,
+            ..all.clone()
+        };
+        assert_eq!(
+            c.search_instances(&page).await.unwrap().len(),
+            2,
+            "{engine}"
+        );
+        let other_site = Search {
+            site: Some("SITE_B".into()),
+            ..all.clone()
+        };
+        assert!(c.search_studies(&other_site).await.unwrap().is_empty());
+        let seg = Search {
+            modality_in_study: Some("SEG".into()),
+            ..all.clone()
+        };
+        assert!(c.search_studies(&seg).await.unwrap().is_empty());
+        let date = a_studies[0].study_date.clone();
+        assert_ne!(date, "20210304", "{engine}: the study date is shifted");
+        let on_date = Search {
+            date_from: Some(date.clone()),
+            date_to: Some(date),
+            ..all.clone()
+        };
+        assert!(c
+            .search_studies(&on_date)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.study_uid == a_studies[0].study_uid));
+        v.close().await;
+        if let Some(url) = db {
+            common::drop_pg(&url).await;
+        }
+    }
+}
