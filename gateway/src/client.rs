@@ -1,7 +1,8 @@
 //! The gateway's own HTTPS client: mTLS with a platform certificate, and STOW-RS request
-//! bodies. Used by `hbs contribute` and by the STOW-RS benchmark.
+//! bodies. Used by every client command (`hbs contribute`, `hbs whoami`, `hbs search`)
+//! and by the STOW-RS benchmark.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -66,4 +67,106 @@ pub fn stow_request(
             format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
         )
         .body(Full::new(Bytes::from(body)))?)
+}
+
+/// How a client command reaches the gateway, and who it is there. Every client command
+/// takes these flags (or the `HBS_*` variables).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The gateway.
+    #[arg(long, env = "HBS_GATEWAY", default_value = "https://127.0.0.1:8443")]
+    pub gateway: String,
+    /// Your certificate (PEM), issued by the platform CA.
+    #[arg(long, env = "HBS_CERT")]
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, env = "HBS_KEY")]
+    pub key: PathBuf,
+    /// The platform CA (PEM), the only issuer the gateway's certificate is trusted from.
+    #[arg(long, env = "HBS_CA")]
+    pub ca: PathBuf,
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An answer from the gateway: status, headers, body, and the certificate it presented.
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: hyper::HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+    /// The gateway's certificate, as verified in the handshake.
+    pub server_cert: X509,
+}
+
+impl ClientArgs {
+    /// Host and port of the gateway URL (`https://host[:port]`, port 8443 by default).
+    pub fn host_port(&self) -> Result<(String, u16)> {
+        let rest = self
+            .gateway
+            .strip_prefix("https://")
+            .context("the gateway URL must start with https://")?;
+        let hp = rest.split('/').next().unwrap_or(rest);
+        let (h, p) = hp.rsplit_once(':').unwrap_or((hp, "8443"));
+        Ok((
+            h.to_string(),
+            p.parse().context("bad port in the gateway URL")?,
+        ))
+    }
+
+    /// A connector with this caller's certificate.
+    pub fn connector(&self) -> Result<SslConnector> {
+        connector(&self.ca, &self.cert, &self.key)
+    }
+
+    /// Sends one request over a new mTLS connection and reads the whole answer.
+    pub async fn send(
+        &self,
+        connector: &SslConnector,
+        req: impl FnOnce(&str) -> Result<hyper::Request<Full<Bytes>>>,
+    ) -> Result<Answer> {
+        let (host, port) = self.host_port()?;
+        let (mut sender, server_cert) = connect(connector, &host, port).await?;
+        let resp = sender.send_request(req(&host)?).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await?
+            .to_bytes()
+            .to_vec();
+        Ok(Answer {
+            status,
+            headers,
+            body,
+            server_cert,
+        })
+    }
+
+    /// `GET path_and_query`.
+    pub async fn get(&self, path_and_query: &str) -> Result<Answer> {
+        let connector = self.connector()?;
+        self.send(&connector, |host| {
+            Ok(hyper::Request::get(path_and_query)
+                .header("host", host)
+                .header("accept", "application/dicom+json, application/json")
+                .body(Full::new(Bytes::new()))?)
+        })
+        .await
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters pass as they are).
+pub fn query_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

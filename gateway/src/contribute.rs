@@ -4,25 +4,14 @@
 //! interrupted run resumes without sending what was already acknowledged.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::SslConnector;
 use openssl::x509::X509;
 
-/// Where a client finds the gateway and its own identity.
-pub struct Client {
-    /// `https://host:port`.
-    pub gateway: String,
-    /// Client certificate (PEM).
-    pub cert: PathBuf,
-    /// Client key (PEM).
-    pub key: PathBuf,
-    /// The platform CA (PEM).
-    pub ca: PathBuf,
-}
+use crate::client::ClientArgs;
 
 /// One file's outcome, kept in the state file (by SHA-256, never by path).
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
@@ -32,48 +21,15 @@ struct Done {
     reason: Option<String>,
 }
 
-fn host_port(url: &str) -> Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("https://")
-        .context("the gateway URL must start with https://")?;
-    let hp = rest.split('/').next().unwrap_or(rest);
-    let (h, p) = hp.rsplit_once(':').unwrap_or((hp, "8443"));
-    Ok((
-        h.to_string(),
-        p.parse().context("bad port in the gateway URL")?,
-    ))
-}
-
-/// Posts one STOW-RS request; returns (status, body, headers, the gateway's certificate
-/// as presented in the TLS handshake).
-async fn post(
-    c: &Client,
-    connector: &SslConnector,
-    boundary: &str,
-    parts: &[(&str, &[u8])],
-) -> Result<(u16, Vec<u8>, hyper::HeaderMap, X509)> {
-    let (host, port) = host_port(&c.gateway)?;
-    let (mut sender, server_cert) = crate::client::connect(connector, &host, port).await?;
-    let req = crate::client::stow_request(&host, boundary, parts)?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await?
-        .to_bytes()
-        .to_vec();
-    Ok((status, body, headers, server_cert))
-}
-
 /// `hbs contribute`. Returns an error (exit 2) when the upload could not complete.
 pub async fn contribute(
-    c: &Client,
+    c: &ClientArgs,
     dir: &Path,
     batch: usize,
     state_path: &Path,
     receipts: &Path,
-    json_out: bool,
 ) -> Result<()> {
+    let json_out = c.json;
     let cert_pem =
         std::fs::read(&c.cert).with_context(|| format!("cannot read {}", c.cert.display()))?;
     let cert = X509::from_pem(&cert_pem)?;
@@ -88,7 +44,7 @@ pub async fn contribute(
     let key: PKey<Private> = PKey::private_key_from_pem(
         &std::fs::read(&c.key).with_context(|| format!("cannot read {}", c.key.display()))?,
     )?;
-    let connector = crate::client::connector(&c.ca, &c.cert, &c.key)?;
+    let connector = c.connector()?;
 
     let mut state: BTreeMap<String, Done> = match std::fs::read(state_path) {
         Ok(b) => serde_json::from_slice(&b).context("the state file is damaged")?,
@@ -111,6 +67,18 @@ pub async fn contribute(
     }
     std::fs::create_dir_all(receipts)?;
     let batches = todo.len().div_ceil(batch.max(1));
+    // A progress bar on a terminal; one line per batch otherwise (logs, CI, --json).
+    let bar = if json_out {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(todo.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} files, {per_sec}, eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let (mut stored, mut failed) = (0usize, 0usize);
     for (n, chunk) in todo.chunks(batch.max(1)).enumerate() {
         let files: Vec<(String, Vec<u8>)> = chunk
@@ -136,7 +104,16 @@ pub async fn contribute(
                 .iter()
                 .map(|(_, b)| ("application/dicom", b.as_slice())),
         );
-        let (status, resp, headers, gateway_cert) = post(c, &connector, &boundary, &parts).await?;
+        let crate::client::Answer {
+            status,
+            body: resp,
+            headers,
+            server_cert: gateway_cert,
+        } = c
+            .send(&connector, |host| {
+                crate::client::stow_request(host, &boundary, &parts)
+            })
+            .await?;
         if !matches!(status, 200 | 202 | 409) {
             bail!(
                 "batch {}/{batches}: the gateway answered {status}: {}",
@@ -200,13 +177,22 @@ pub async fn contribute(
         let tmp = state_path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?)?;
         std::fs::rename(&tmp, state_path)?;
-        eprintln!(
+        let line = format!(
             "batch {}/{batches}: {} stored or already there, {} refused",
             n + 1,
             files.len() - reasons.len(),
             reasons.len()
         );
+        bar.inc(files.len() as u64);
+        if bar.is_hidden() {
+            if !json_out {
+                eprintln!("{line}");
+            }
+        } else {
+            bar.set_message(format!("({stored} stored, {failed} refused)"));
+        }
     }
+    bar.finish_and_clear();
     if json_out {
         println!(
             "{}",

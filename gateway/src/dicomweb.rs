@@ -220,6 +220,15 @@ async fn store(
         Ok(None) => {}
         Err(e) => failed.push((index, CANNOT_UNDERSTAND, format!("multipart body: {e}"))),
     }
+    if manifest.is_none() && state.signed_only.contains(site.as_str()) {
+        tracing::info!(site = %site, "unsigned contribution refused by the site's setting");
+        return dicom_json_error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "site {site} accepts signed contributions only: send a manifest part ({MANIFEST_TYPE}) and its signature ({SIGNATURE_TYPE}) before the instances; nothing was stored"
+            ),
+        );
+    }
     // Parts are de-identified and stored concurrently (up to PARALLEL_PARTS at once, so
     // memory stays bounded), each waiting for its own durability; the answer lists them
     // in request order.

@@ -15,6 +15,7 @@ mod contribute;
 mod dicomweb;
 mod qido;
 mod routes;
+mod search;
 mod server;
 
 /// The honest-broker gateway of ProstateNET.
@@ -28,7 +29,8 @@ struct Cli {
 /// Where the vault keeps its data: the embedded default unless told otherwise.
 #[derive(Args, Clone, Debug)]
 pub struct DataArgs {
-    /// Configuration file (TOML: data, database_url, blob_store, listen). Flags and HBS_*
+    /// Configuration file (TOML: data, database_url, blob_store, listen,
+    /// signed_only_sites). Flags and HBS_*
     /// variables override it; the embedded defaults fill the rest.
     #[arg(long, env = "HBS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -51,6 +53,7 @@ struct FileConfig {
     database_url: Option<String>,
     blob_store: Option<String>,
     listen: Option<std::net::SocketAddr>,
+    signed_only_sites: Option<Vec<String>>,
 }
 
 impl DataArgs {
@@ -84,6 +87,24 @@ impl DataArgs {
         Ok(self.config()?.data_dir)
     }
 
+    /// Sites that must sign their contributions: the flag or HBS_SIGNED_ONLY_SITES when
+    /// given, else the file's `signed_only_sites`. Each must be a valid site code.
+    fn signed_only_sites(&self, flag: Vec<String>) -> Result<std::collections::BTreeSet<String>> {
+        let list = if flag.is_empty() {
+            self.file()?.signed_only_sites.unwrap_or_default()
+        } else {
+            flag
+        };
+        list.into_iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                vault::pseudonym::SiteId::new(s.trim())
+                    .map(|id| id.as_str().to_string())
+                    .map_err(|e| anyhow::anyhow!("signed-only site: {e}"))
+            })
+            .collect()
+    }
+
     fn listen(&self, flag: Option<std::net::SocketAddr>) -> Result<std::net::SocketAddr> {
         let default = std::net::SocketAddr::from(([127, 0, 0, 1], 8443));
         Ok(flag.or(self.file()?.listen).unwrap_or(default))
@@ -104,22 +125,20 @@ enum Cmd {
         /// Address to listen on [default: 127.0.0.1:8443].
         #[arg(long, env = "HBS_LISTEN")]
         listen: Option<std::net::SocketAddr>,
+        /// Sites whose contributions must be signed (a manifest signed with the data
+        /// provider's key); plain STOW-RS from them is refused. Repeat, or comma-separate.
+        #[arg(
+            long = "signed-only-site",
+            env = "HBS_SIGNED_ONLY_SITES",
+            value_delimiter = ','
+        )]
+        signed_only_sites: Vec<String>,
     },
     /// A site's upload: sign a manifest per batch, store over STOW-RS, verify and keep the
     /// gateway's signed receipts; resumes where an interrupted run stopped.
     Contribute {
-        /// The gateway.
-        #[arg(long, env = "HBS_GATEWAY", default_value = "https://127.0.0.1:8443")]
-        gateway: String,
-        /// The site's data-provider certificate (PEM).
-        #[arg(long, env = "HBS_CERT")]
-        cert: PathBuf,
-        /// Its private key (PEM).
-        #[arg(long, env = "HBS_KEY")]
-        key: PathBuf,
-        /// The platform CA (PEM).
-        #[arg(long, env = "HBS_CA")]
-        ca: PathBuf,
+        #[command(flatten)]
+        client: client::ClientArgs,
         /// Instances per request.
         #[arg(long, default_value_t = 16)]
         batch: usize,
@@ -129,11 +148,36 @@ enum Cmd {
         /// Where the verified receipts are saved.
         #[arg(long, default_value = "hbs-receipts")]
         receipts: PathBuf,
-        /// Machine-readable summary.
-        #[arg(long)]
-        json: bool,
         /// The folder to contribute.
         dir: PathBuf,
+    },
+    /// Ask the gateway who you are (role, site, name, serial of your certificate).
+    Whoami {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Search the pseudonymized catalogue over QIDO-RS (studies, series or instances).
+    Search {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// studies, series or instances.
+        #[arg(value_parser = ["studies", "series", "instances"])]
+        level: String,
+        /// Within this (pseudonymized) study.
+        #[arg(long)]
+        study: Option<String>,
+        /// Within this (pseudonymized) series (needs --study).
+        #[arg(long, requires = "study")]
+        series: Option<String>,
+        /// Most results.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Results to skip.
+        #[arg(long)]
+        offset: Option<u32>,
+        /// Matching keys, KEY=VALUE (PatientID, StudyDate, Modality, ModalitiesInStudy,
+        /// Manufacturer, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID).
+        filters: Vec<String>,
     },
     /// Print the gateway's route table (method, path, roles admitted) as JSON.
     Routes,
@@ -345,23 +389,31 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { data } => cli::init(&data.config()?).await,
         Cmd::Contribute {
-            gateway,
-            cert,
-            key,
-            ca,
+            client,
             batch,
             state,
             receipts,
-            json,
             dir,
+        } => contribute::contribute(&client, &dir, batch, &state, &receipts).await,
+        Cmd::Whoami { client } => search::whoami(&client).await,
+        Cmd::Search {
+            client,
+            level,
+            study,
+            series,
+            limit,
+            offset,
+            filters,
         } => {
-            let client = contribute::Client {
-                gateway,
-                cert,
-                key,
-                ca,
+            let q = search::Query {
+                level,
+                study,
+                series,
+                limit,
+                offset,
+                filters,
             };
-            contribute::contribute(&client, &dir, batch, &state, &receipts, json).await
+            search::search(&client, &q).await
         }
         Cmd::Routes => {
             let table: Vec<_> = routes::ROUTES
@@ -374,9 +426,14 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&table)?);
             Ok(())
         }
-        Cmd::Serve { data, listen } => {
+        Cmd::Serve {
+            data,
+            listen,
+            signed_only_sites,
+        } => {
             let cfg = data.config()?;
             let listen = data.listen(listen)?;
+            let signed_only = data.signed_only_sites(signed_only_sites)?;
             cli::init(&cfg).await?;
             let vault = vault::vault::Vault::open(&cfg).await?;
             let key_path = cfg.data_dir.join("tls/key.pem");
@@ -386,6 +443,7 @@ async fn run(cli: Cli) -> Result<()> {
                 vault,
                 metrics: Default::default(),
                 receipt_key: std::sync::Arc::new(openssl::pkey::PKey::private_key_from_pem(&key)?),
+                signed_only: std::sync::Arc::new(signed_only),
             };
             server::serve(state, cfg.data_dir.clone(), listen).await
         }

@@ -26,6 +26,8 @@ pub struct AppState {
     /// The gateway's TLS key, which also signs contribution receipts (a site verifies
     /// them with the gateway's certificate).
     pub receipt_key: Arc<openssl::pkey::PKey<openssl::pkey::Private>>,
+    /// Sites whose contributions must come with a signed manifest.
+    pub signed_only: Arc<std::collections::BTreeSet<String>>,
 }
 
 /// The public key of the caller's verified certificate (to check what it signs).

@@ -184,3 +184,93 @@ fn qido_rs_finds_what_was_stored_and_only_what_the_caller_may_see() {
         }
     }
 }
+
+/// `hbs whoami` and `hbs search`, the command-line clients, with flags and with the
+/// HBS_* variables; --json is what the gateway answered.
+#[test]
+fn hbs_search_and_whoami_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let corpus = d.path().join("corpus");
+    synth(&corpus, 1);
+    let s = start(&data);
+    let dev = data.join("dev-certs");
+    let hbs = |cert: &str, args: &[&str]| {
+        let dir = dev.join(cert);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hbs"))
+            .args(args)
+            .env("HBS_GATEWAY", format!("https://localhost:{}", s.port))
+            .env("HBS_CERT", dir.join("cert.pem"))
+            .env("HBS_KEY", dir.join("key.pem"))
+            .env("HBS_CA", data.join("ca/ca.pem"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, out, _) = hbs("auditor", &["whoami", "--json"]);
+    assert_eq!(code, Some(0));
+    let me: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(me["role"], "auditor");
+    let (_, out, _) = hbs("data-provider", &["whoami"]);
+    assert!(
+        out.starts_with("data-provider dev-data-provider at SITE_A"),
+        "{out}"
+    );
+
+    // Contribute, then find it with hbs search; flags given explicitly this time.
+    let provider = dev.join("data-provider");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .arg("contribute")
+        .arg("--gateway")
+        .arg(format!("https://localhost:{}", s.port))
+        .arg("--cert")
+        .arg(provider.join("cert.pem"))
+        .arg("--key")
+        .arg(provider.join("key.pem"))
+        .arg("--ca")
+        .arg(data.join("ca/ca.pem"))
+        .arg("--state")
+        .arg(d.path().join("state.json"))
+        .arg("--receipts")
+        .arg(d.path().join("receipts"))
+        .arg("--json")
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stored = summary["stored"].as_u64().unwrap();
+    assert!(stored > 0, "{summary}");
+
+    let (code, out, _) = hbs("operator", &["search", "studies", "--json"]);
+    assert_eq!(code, Some(0));
+    let studies: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let total: u64 = studies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["00201208"]["Value"][0].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, stored);
+    let study = studies[0]["0020000D"]["Value"][0].as_str().unwrap();
+    let patient = studies[0]["00100020"]["Value"][0].as_str().unwrap();
+    let (code, out, err) = hbs(
+        "operator",
+        &["search", "series", "--study", study, "Modality=MR"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("SERIES"), "{out}");
+    assert!(out.contains(patient), "{out}");
+    assert!(err.contains(" series"), "{err}");
+    // Refusals: the gateway's reason, non-zero exit.
+    let (code, _, err) = hbs("researcher", &["search", "studies"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("403"), "{err}");
+    let (code, _, err) = hbs("operator", &["search", "studies", "PatientName=X"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("400") && err.contains("PatientName"), "{err}");
+}

@@ -162,6 +162,15 @@ fn untrusted_revoked_expired_and_malformed_certificates_are_refused() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(curl(&s, "/healthz", Some(&expired)).0, None);
 
+    // Not yet valid: signed by our CA, valid from tomorrow. The same helper with a start
+    // of now gives an accepted certificate, so only the date differs.
+    let early = d.path().join("early");
+    ca_sign_from(&data, &early, "spiffe://prostatenet/auditor/early", 1);
+    assert_eq!(curl(&s, "/healthz", Some(&early)).0, None);
+    let now = d.path().join("now");
+    ca_sign_from(&data, &now, "spiffe://prostatenet/auditor/now", 0);
+    assert_eq!(curl(&s, "/healthz", Some(&now)).0, Some(200));
+
     // Revoked while the gateway runs: refused within seconds, no restart.
     let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
         .args(["ca", "revoke", "--data"])
@@ -604,4 +613,121 @@ fn hbs_contribute_signs_uploads_verifies_receipts_and_resumes() {
     let o = contribute(&data.join("dev-certs/researcher"));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("data-provider"));
+}
+
+/// A site configured "signed contributions only" (here in the configuration file) has
+/// its plain STOW-RS uploads refused with nothing stored; its signed ones are stored, and
+/// other sites keep uploading unsigned.
+#[test]
+fn a_signed_only_site_cannot_upload_unsigned() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let corpus = d.path().join("corpus");
+    synth(&corpus, 1);
+    let config = d.path().join("hbs.toml");
+    std::fs::write(&config, "signed_only_sites = [\"SITE_A\"]\n").unwrap();
+    let s = start_with(&data, &["--config", config.to_str().unwrap()]);
+    let provider = data.join("dev-certs/data-provider");
+    let mut files: Vec<PathBuf> = walk(&corpus)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    files.sort();
+    let a = std::fs::read(&files[0]).unwrap();
+
+    let (code, body, _) = post_parts(&s, &provider, &[("application/dicom", a.clone())], d.path());
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("signed contributions only"), "{body}");
+    assert_eq!(stats(&data)["instances"], 0);
+
+    // SITE_B is not in the list: unsigned is fine there.
+    let site_b = d.path().join("site-b");
+    issue(&data, "data-provider", "bob", Some("SITE_B"), &site_b);
+    let (code, body, _) = post_parts(&s, &site_b, &[("application/dicom", a.clone())], d.path());
+    assert_eq!(code, "200", "{body}");
+    assert_eq!(stats(&data)["instances"], 1);
+
+    // SITE_A signing with hbs contribute: stored.
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .arg("contribute")
+        .args(["--gateway", &format!("https://localhost:{}", s.port)])
+        .arg("--cert")
+        .arg(provider.join("cert.pem"))
+        .arg("--key")
+        .arg(provider.join("key.pem"))
+        .arg("--ca")
+        .arg(data.join("ca/ca.pem"))
+        .arg("--state")
+        .arg(d.path().join("state.json"))
+        .arg("--receipts")
+        .arg(d.path().join("receipts"))
+        .arg(files[0].parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stats(&data)["instances"].as_u64().unwrap() >= 2);
+
+    // A site code that is not one is a configuration error, said at start.
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(["--signed-only-site", "SITE A"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("signed-only site"));
+}
+
+/// A client certificate signed by the platform CA with the openssl crate, valid from
+/// `start_in_days` days from now for 30 days (the openssl 3.0 command line cannot set a
+/// start date in the future).
+fn ca_sign_from(data: &Path, dir: &Path, uri: &str, start_in_days: u32) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{
+        BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    };
+    use openssl::x509::{X509Builder, X509NameBuilder, X509};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca = X509::from_pem(&std::fs::read(data.join("ca/ca.pem")).unwrap()).unwrap();
+    let ca_key =
+        PKey::private_key_from_pem(&std::fs::read(data.join("ca/ca.key")).unwrap()).unwrap();
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "t").unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial
+        .rand(64, openssl::bn::MsbOption::MAYBE_ZERO, false)
+        .unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(start_in_days).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(start_in_days + 30).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().build().unwrap())
+        .unwrap();
+    b.append_extension(KeyUsage::new().digital_signature().build().unwrap())
+        .unwrap();
+    b.append_extension(ExtendedKeyUsage::new().client_auth().build().unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .uri(uri)
+        .build(&b.x509v3_context(Some(&ca), None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    std::fs::write(dir.join("cert.pem"), b.build().to_pem().unwrap()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.private_key_to_pem_pkcs8().unwrap()).unwrap();
 }

@@ -19,11 +19,19 @@ impl Drop for Server {
     }
 }
 
+/// `hbs serve` on `data` at a free port, with the embedded defaults.
 pub fn start(data: &Path) -> Server {
+    start_with(data, &[])
+}
+
+/// `hbs serve` on `data` at a free port, with more arguments.
+pub fn start_with(data: &Path, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hbs"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(args)
         .env_remove("HBS_DATABASE_URL")
+        .env_remove("HBS_SIGNED_ONLY_SITES")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
