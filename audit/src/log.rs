@@ -1,0 +1,740 @@
+//! The audit log on the project database.
+//!
+//! Tables (one schema for SQLite and PostgreSQL):
+//! - `audit_events`: one row per event: `seq`, the canonical `entry` (what the tree commits
+//!   to) and copies of its fields for queries (checked against the entry by the verifier);
+//! - `audit_hashes`: the tree's stored hashes (see [`crate::tree`]);
+//! - `audit_checkpoints`: every signed tree head.
+//!
+//! Triggers refuse UPDATE, DELETE (and TRUNCATE on PostgreSQL) on all three: the log is
+//! append-only for everyone who goes through the database's rules. Someone who bypasses
+//! them (drops a trigger, edits the file) is caught by `hbs audit verify`.
+//!
+//! Appends go through one writer task: concurrent appends are batched into one
+//! transaction (group commit), so a durable commit's cost is shared while each caller
+//! still waits until its own event is durable. Sequence numbers are given by the writer,
+//! so one process writes a given log (a replica would need the database's own sequence
+//! and a lock, left to the scale-out issue). After each commit the events are also written
+//! as JSON lines to `DIR/events.jsonl.YYYY-MM-DD` (tracing-appender's daily-rolling file,
+//! written synchronously by the writer: nothing is dropped when the disk is slow).
+//!
+//! A checkpointer task signs a new tree head every 500 ms while the log grows, and
+//! [`AuditLog::checkpoint`] signs one on demand (at shutdown, before answering a
+//! receipt).
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::event::{Event, NewEvent};
+use crate::note::{AuditKey, TreeHead};
+use crate::tree::{self, Hash, MapReader};
+
+/// Audit failures. The gateway turns any of them into a refusal (fail closed).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The database refused or failed.
+    #[error("audit database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The event could not be made durable; the caller must not commit its effect.
+    #[error("the audit event could not be recorded: {0}")]
+    NotRecorded(String),
+    /// Keys or files.
+    #[error("audit key: {0}")]
+    Key(String),
+    /// A request the log cannot answer (a position outside it).
+    #[error("{0}")]
+    Range(String),
+    /// Tree math refused (should not happen on a consistent log).
+    #[error("audit tree: {0}")]
+    Tree(String),
+    /// The stored log is damaged.
+    #[error("the audit log is damaged: {0} (run hbs audit verify)")]
+    Damaged(String),
+}
+
+/// Which events to list. Every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Role of the actor.
+    pub role: Option<String>,
+    /// Site of the actor.
+    pub site: Option<String>,
+    /// Name of the actor.
+    pub name: Option<String>,
+    /// Certificate serial of the actor.
+    pub serial: Option<String>,
+    /// Action.
+    pub action: Option<String>,
+    /// Resource.
+    pub resource: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: Option<String>,
+    /// From this time (ms since the epoch, inclusive).
+    pub from_ms: Option<u64>,
+    /// Until this time (ms, exclusive).
+    pub to_ms: Option<u64>,
+    /// Only events after this sequence number (pagination).
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: u64,
+}
+
+type Pending = (NewEvent, tokio::sync::oneshot::Sender<Result<u64, String>>);
+
+/// Most events committed in one transaction.
+const MAX_BATCH: usize = 2048;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// The audit log. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    engine: Engine,
+    tx: tokio::sync::mpsc::Sender<Pending>,
+    key: AuditKey,
+    /// Events durably committed.
+    size: Arc<AtomicU64>,
+    /// The latest signed checkpoint: (size, note).
+    latest: Mutex<Option<(u64, String)>>,
+    signing: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Reads the audit key pair from `dir` (`key` 0600 and `key.pub`), creating it when absent.
+pub fn load_or_create_key(dir: &Path) -> Result<AuditKey, AuditError> {
+    let k = |e: std::io::Error| AuditError::Key(e.to_string());
+    std::fs::create_dir_all(dir).map_err(k)?;
+    let (sk, vk) = (dir.join("key"), dir.join("key.pub"));
+    if !sk.exists() {
+        let (s, v) = AuditKey::generate();
+        let tmp = dir.join("key.tmp");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(k)?;
+            f.write_all(s.as_bytes()).map_err(k)?;
+            f.sync_all().map_err(k)?;
+        }
+        std::fs::write(&vk, format!("{v}\n")).map_err(k)?;
+        std::fs::rename(&tmp, &sk).map_err(k)?;
+    }
+    let s = std::fs::read_to_string(&sk).map_err(k)?;
+    let v = std::fs::read_to_string(&vk).map_err(k)?;
+    AuditKey::new(&s, &v).map_err(|e| AuditError::Key(e.to_string()))
+}
+
+impl AuditLog {
+    /// Opens (creating when needed) the log in the database at `url`, with its key and
+    /// JSON-lines files in `dir`.
+    pub async fn open(url: &str, dir: &Path) -> Result<Self, AuditError> {
+        sqlx::any::install_default_drivers();
+        let key = load_or_create_key(dir)?;
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        };
+        let opts = AnyConnectOptions::from_str(url)?;
+        let mut pool_opts = AnyPoolOptions::new().max_connections(4);
+        if engine == Engine::Sqlite {
+            pool_opts = pool_opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_opts.connect_with(opts).await?;
+        migrate(&pool, engine).await?;
+        let row = sqlx::query("SELECT COUNT(*), COALESCE(MAX(seq) + 1, 0) FROM audit_events")
+            .fetch_one(&pool)
+            .await?;
+        let (count, next): (i64, i64) = (row.get(0), row.get(1));
+        if count != next {
+            return Err(AuditError::Damaged(format!(
+                "{count} events but the last is number {}",
+                next - 1
+            )));
+        }
+        let latest =
+            sqlx::query("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(&pool)
+                .await?
+                .map(|r| (r.get::<i64, _>(0) as u64, r.get::<String, _>(1)));
+        let size = Arc::new(AtomicU64::new(next as u64));
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
+        let appender = tracing_appender::rolling::daily(dir, "events.jsonl");
+        tokio::spawn(writer(pool.clone(), rx, size.clone(), appender));
+        let log = AuditLog {
+            inner: Arc::new(Inner {
+                pool,
+                engine,
+                tx,
+                key,
+                size,
+                latest: Mutex::new(latest),
+                signing: tokio::sync::Mutex::new(()),
+            }),
+        };
+        // The checkpointer: a signed tree head at most 500 ms behind while events arrive.
+        // It holds only a weak reference, so it ends with the last clone of the log.
+        let weak = Arc::downgrade(&log.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(inner) = weak.upgrade() else { break };
+                let log = AuditLog { inner };
+                if let Err(e) = log.checkpoint().await {
+                    tracing::error!(error = %e, "audit checkpoint failed");
+                }
+            }
+        });
+        Ok(log)
+    }
+
+    /// Records an event; returns its sequence number once it is durable. An error means
+    /// it is not recorded: the caller must not carry out what it describes.
+    pub async fn append(&self, e: NewEvent) -> Result<u64, AuditError> {
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        self.inner
+            .tx
+            .send((e, reply))
+            .await
+            .map_err(|_| AuditError::NotRecorded("the audit writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| AuditError::NotRecorded("the audit writer has stopped".into()))?
+            .map_err(AuditError::NotRecorded)
+    }
+
+    /// Events durably recorded.
+    pub fn size(&self) -> u64 {
+        self.inner.size.load(Ordering::SeqCst)
+    }
+
+    /// The audit verifier key string (public).
+    pub fn verifier_key(&self) -> &str {
+        &self.inner.key.verifier_key
+    }
+
+    /// Whether the database answers.
+    pub async fn ready(&self) -> bool {
+        sqlx::query("SELECT 1")
+            .fetch_one(&self.inner.pool)
+            .await
+            .is_ok()
+    }
+
+    async fn hashes(&self, indexes: &[u64]) -> Result<HashMap<u64, Hash>, AuditError> {
+        let mut out = HashMap::with_capacity(indexes.len());
+        for chunk in indexes.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT idx, hash FROM audit_hashes WHERE idx IN ({})",
+                marks.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for i in chunk {
+                q = q.bind(*i as i64);
+            }
+            for r in q.fetch_all(&self.inner.pool).await? {
+                let h: Vec<u8> = r.get(1);
+                let h: [u8; 32] = h
+                    .try_into()
+                    .map_err(|_| AuditError::Damaged("a stored hash is not 32 bytes".into()))?;
+                out.insert(r.get::<i64, _>(0) as u64, Hash(h));
+            }
+        }
+        if out.len() != indexes.len() {
+            return Err(AuditError::Damaged("stored hashes are missing".into()));
+        }
+        Ok(out)
+    }
+
+    /// The root hash of the first `size` events.
+    pub async fn root(&self, size: u64) -> Result<Hash, AuditError> {
+        let m = self.hashes(&tree::root_needs(size)).await?;
+        tree::tree_hash(size, &MapReader(&m)).map_err(|e| AuditError::Tree(e.to_string()))
+    }
+
+    /// The latest signed checkpoint covering every event recorded so far, signing a new
+    /// one when the log grew since the last.
+    pub async fn checkpoint(&self) -> Result<(u64, String), AuditError> {
+        let _one_at_a_time = self.inner.signing.lock().await;
+        let size = self.size();
+        if let Some(l) = self.latest_checkpoint() {
+            if l.0 == size {
+                return Ok(l);
+            }
+        }
+        let root = self.root(size).await?;
+        let note = self
+            .inner
+            .key
+            .sign(size, root, now_ms() / 1000)
+            .map_err(|e| AuditError::Key(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, time_ms, note) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(size as i64)
+        .bind(now_ms() as i64)
+        .bind(&note)
+        .execute(&self.inner.pool)
+        .await?;
+        let l = (size, note);
+        *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
+        Ok(l)
+    }
+
+    /// The latest signed checkpoint, without signing a new one.
+    pub fn latest_checkpoint(&self) -> Option<(u64, String)> {
+        self.inner
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The verified tree head of a checkpoint note signed by this log's key.
+    pub fn open_checkpoint(&self, note: &str) -> Result<TreeHead, AuditError> {
+        crate::note::open(note.as_bytes(), self.verifier_key())
+            .map_err(|e| AuditError::Key(e.to_string()))
+    }
+
+    /// The inclusion proof of event `seq` in the tree of `size` events.
+    pub async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        if size > self.size() {
+            return Err(AuditError::Range(format!(
+                "the log has {} events, not {size}",
+                self.size()
+            )));
+        }
+        let need = tree::inclusion_needs(size, seq).ok_or_else(|| {
+            AuditError::Range(format!("event {seq} is not in a tree of {size} events"))
+        })?;
+        let m = self.hashes(&need).await?;
+        tree::prove_record(size, seq, &MapReader(&m)).map_err(|e| AuditError::Tree(e.to_string()))
+    }
+
+    /// The consistency proof from the tree of `old` events to the tree of `new` events.
+    pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, AuditError> {
+        if new > self.size() {
+            return Err(AuditError::Range(format!(
+                "the log has {} events, not {new}",
+                self.size()
+            )));
+        }
+        if old == new && old > 0 {
+            return Ok(Vec::new());
+        }
+        let need = tree::consistency_needs(new, old).ok_or_else(|| {
+            AuditError::Range(format!(
+                "no consistency proof from {old} to {new} events (need 1 <= from <= to)"
+            ))
+        })?;
+        let m = self.hashes(&need).await?;
+        tree::prove_tree(new, old, &MapReader(&m)).map_err(|e| AuditError::Tree(e.to_string()))
+    }
+
+    /// Events matching `f`, in order.
+    pub async fn events(&self, f: &Filter) -> Result<Vec<Event>, AuditError> {
+        let mut conds = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        for (col, v) in [
+            ("role", &f.role),
+            ("site", &f.site),
+            ("name", &f.name),
+            ("serial", &f.serial),
+            ("action", &f.action),
+            ("resource", &f.resource),
+            ("decision", &f.decision),
+        ] {
+            if let Some(v) = v {
+                binds.push(v.clone());
+                conds.push(format!("{col} = ${}", binds.len()));
+            }
+        }
+        // Integers are formatted in (they are u64s, not text from the caller).
+        if let Some(t) = f.from_ms {
+            conds.push(format!("time_ms >= {}", t.min(i64::MAX as u64)));
+        }
+        if let Some(t) = f.to_ms {
+            conds.push(format!("time_ms < {}", t.min(i64::MAX as u64)));
+        }
+        if let Some(a) = f.after {
+            conds.push(format!("seq > {}", a.min(i64::MAX as u64)));
+        }
+        let clause = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT entry FROM audit_events {clause} ORDER BY seq LIMIT {}",
+            f.limit.min(100_000)
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        q.fetch_all(&self.inner.pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let s: String = r.get(0);
+                Event::from_entry(s.as_bytes())
+                    .map_err(|_| AuditError::Damaged("a stored event is not readable".into()))
+            })
+            .collect()
+    }
+
+    /// Everything the verifier needs, read from the database in order: calls `row` for
+    /// each event row (seq, entry, the copied columns), then returns the stored leaf
+    /// hashes by position and every checkpoint note.
+    pub async fn scan(
+        &self,
+        mut row: impl FnMut(StoredRow),
+    ) -> Result<(HashMap<u64, Hash>, Vec<String>), AuditError> {
+        let mut after: i64 = -1;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, entry, role, site, name, serial, action, resource, decision
+                 FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 20000",
+            )
+            .bind(after)
+            .fetch_all(&self.inner.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows {
+                after = r.get(0);
+                row(StoredRow {
+                    seq: after as u64,
+                    entry: r.get(1),
+                    columns: [
+                        r.get(2),
+                        r.get::<Option<String>, _>(3).unwrap_or_default(),
+                        r.get(4),
+                        r.get(5),
+                        r.get(6),
+                        r.get(7),
+                        r.get(8),
+                    ],
+                });
+            }
+        }
+        // Leaf hashes as recorded when each event was appended (level 0 of the tree).
+        let mut leaves = HashMap::new();
+        let mut after: i64 = -1;
+        loop {
+            let rows = sqlx::query(
+                "SELECT idx, hash FROM audit_hashes WHERE idx > $1 ORDER BY idx LIMIT 50000",
+            )
+            .bind(after)
+            .fetch_all(&self.inner.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows {
+                after = r.get(0);
+                let (level, n) = tlog_tiles::tlog::split_stored_hash_index(after as u64);
+                if level == 0 {
+                    let h: Vec<u8> = r.get(1);
+                    if let Ok(h) = <[u8; 32]>::try_from(h) {
+                        leaves.insert(n, Hash(h));
+                    }
+                }
+            }
+        }
+        let notes = sqlx::query("SELECT note FROM audit_checkpoints ORDER BY size")
+            .fetch_all(&self.inner.pool)
+            .await?
+            .into_iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        Ok((leaves, notes))
+    }
+
+    /// Waits for the writer to drain, signs a last checkpoint and closes the pool.
+    pub async fn close(&self) {
+        let _ = self.checkpoint().await;
+        self.inner.pool.close().await;
+    }
+
+    /// The database engine's name, for messages.
+    pub fn engine(&self) -> &'static str {
+        match self.inner.engine {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
+/// One stored event row as the verifier sees it.
+pub struct StoredRow {
+    /// The row's sequence number.
+    pub seq: u64,
+    /// The canonical entry.
+    pub entry: String,
+    /// The copied columns: role, site, name, serial, action, resource, decision.
+    pub columns: [String; 7],
+}
+
+async fn migrate(pool: &AnyPool, engine: Engine) -> Result<(), AuditError> {
+    let blob = match engine {
+        Engine::Sqlite => "BLOB",
+        Engine::Postgres => "BYTEA",
+    };
+    let mut stmts = vec![
+        "CREATE TABLE IF NOT EXISTS audit_events (
+            seq BIGINT PRIMARY KEY,
+            time_ms BIGINT NOT NULL,
+            role TEXT NOT NULL,
+            site TEXT,
+            name TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            action TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            entry TEXT NOT NULL)"
+            .to_string(),
+        format!("CREATE TABLE IF NOT EXISTS audit_hashes (idx BIGINT PRIMARY KEY, hash {blob} NOT NULL)"),
+        "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+            size BIGINT PRIMARY KEY,
+            time_ms BIGINT NOT NULL,
+            note TEXT NOT NULL)"
+            .to_string(),
+        "CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events(time_ms)".to_string(),
+        "CREATE INDEX IF NOT EXISTS audit_events_by_action ON audit_events(action)".to_string(),
+        "CREATE INDEX IF NOT EXISTS audit_events_by_resource ON audit_events(resource)"
+            .to_string(),
+    ];
+    let tables = ["audit_events", "audit_hashes", "audit_checkpoints"];
+    match engine {
+        Engine::Sqlite => {
+            for t in tables {
+                for op in ["UPDATE", "DELETE"] {
+                    stmts.push(format!(
+                        "CREATE TRIGGER IF NOT EXISTS {t}_no_{} BEFORE {op} ON {t}
+                         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+                        op.to_lowercase()
+                    ));
+                }
+            }
+        }
+        Engine::Postgres => {
+            stmts.push(
+                "CREATE OR REPLACE FUNCTION hbs_audit_append_only() RETURNS trigger AS $$
+                 BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql"
+                    .to_string(),
+            );
+            for t in tables {
+                stmts.push(format!(
+                    "CREATE OR REPLACE TRIGGER {t}_no_change BEFORE UPDATE OR DELETE ON {t}
+                     FOR EACH ROW EXECUTE FUNCTION hbs_audit_append_only()"
+                ));
+                stmts.push(format!(
+                    "CREATE OR REPLACE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t}
+                     FOR EACH STATEMENT EXECUTE FUNCTION hbs_audit_append_only()"
+                ));
+            }
+        }
+    }
+    if engine == Engine::Postgres {
+        // Two processes migrating at once would race on CREATE OR REPLACE.
+        let mut tx = pool.begin().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(7201)").await?;
+        for s in &stmts {
+            tx.execute(s.as_str()).await?;
+        }
+        tx.commit().await?;
+    } else {
+        for s in &stmts {
+            pool.execute(s.as_str()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The group-commit writer. Owns the sequence: `size` is the next sequence number.
+async fn writer(
+    pool: AnyPool,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+    size: Arc<AtomicU64>,
+    mut jsonl: tracing_appender::rolling::RollingFileAppender,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let start = size.load(Ordering::SeqCst);
+        let time = now_ms();
+        let (events, replies): (Vec<Event>, Vec<_>) = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, (e, r))| (Event::new(start + i as u64, time, e), r))
+            .unzip();
+        match commit(&pool, start, &events).await {
+            Ok(()) => {
+                size.store(start + events.len() as u64, Ordering::SeqCst);
+                // The second sink, written synchronously after the durable commit. A
+                // failure here is reported; the database copy is the one of record.
+                let mut lines = Vec::new();
+                for e in &events {
+                    lines.extend_from_slice(&e.entry());
+                    lines.push(b'\n');
+                }
+                if let Err(e) = jsonl.write_all(&lines).and_then(|_| jsonl.flush()) {
+                    tracing::error!(error = %e, "audit JSON-lines file could not be written");
+                }
+                for (e, r) in events.iter().zip(replies) {
+                    let _ = r.send(Ok(e.seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit events could not be recorded");
+                for r in replies {
+                    let _ = r.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Writes `events` (numbered from `start`) and their tree hashes in one transaction.
+async fn commit(pool: &AnyPool, start: u64, events: &[Event]) -> Result<(), AuditError> {
+    // The stored hashes these appends read and were written before this batch.
+    let mut need: Vec<u64> = events
+        .iter()
+        .flat_map(|e| tree::append_needs(e.seq))
+        .filter(|i| *i < tree::stored_hash_count(start))
+        .collect();
+    need.sort_unstable();
+    need.dedup();
+    let mut known: HashMap<u64, Hash> = HashMap::new();
+    for chunk in need.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT idx, hash FROM audit_hashes WHERE idx IN ({})",
+            marks.join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for i in chunk {
+            q = q.bind(*i as i64);
+        }
+        for r in q.fetch_all(pool).await? {
+            let h: Vec<u8> = r.get(1);
+            let h: [u8; 32] = h
+                .try_into()
+                .map_err(|_| AuditError::Damaged("a stored hash is not 32 bytes".into()))?;
+            known.insert(r.get::<i64, _>(0) as u64, Hash(h));
+        }
+    }
+    let mut new_hashes: Vec<(u64, Hash)> = Vec::with_capacity(events.len() * 2);
+    let mut entries = Vec::with_capacity(events.len());
+    for e in events {
+        let entry = e.entry();
+        let hs = tree::stored_hashes(e.seq, &entry, &MapReader(&known))
+            .map_err(|err| AuditError::Damaged(format!("tree at event {}: {err}", e.seq)))?;
+        let base = tree::stored_hash_index(0, e.seq);
+        for (k, h) in hs.into_iter().enumerate() {
+            known.insert(base + k as u64, h);
+            new_hashes.push((base + k as u64, h));
+        }
+        entries.push(String::from_utf8(entry).unwrap_or_default());
+    }
+    let mut tx = pool.begin().await?;
+    for (chunk_events, chunk_entries) in events.chunks(400).zip(entries.chunks(400)) {
+        let mut sql = String::from(
+            "INSERT INTO audit_events (seq, time_ms, role, site, name, serial, action, resource, decision, request_id, entry) VALUES ",
+        );
+        for i in 0..chunk_events.len() {
+            let b = i * 11;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${},${},${},${},${},${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for (e, entry) in chunk_events.iter().zip(chunk_entries) {
+            q = q
+                .bind(e.seq as i64)
+                .bind(e.time_ms as i64)
+                .bind(e.actor.role.clone())
+                .bind(e.actor.site.clone())
+                .bind(e.actor.name.clone())
+                .bind(e.actor.serial.clone())
+                .bind(e.action.clone())
+                .bind(e.resource.clone())
+                .bind(e.decision.clone())
+                .bind(e.request_id.clone())
+                .bind(entry.clone());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for chunk in new_hashes.chunks(1000) {
+        let mut sql = String::from("INSERT INTO audit_hashes (idx, hash) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${},${})", i * 2 + 1, i * 2 + 2));
+        }
+        let mut q = sqlx::query(&sql);
+        for (i, h) in chunk {
+            q = q.bind(*i as i64).bind(h.0.to_vec());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
