@@ -55,24 +55,24 @@ fn getrandom(buf: &mut [u8]) {
 fn event(i: usize) -> NewEvent {
     NewEvent {
         actor: Actor {
-            role: if i % 3 == 0 {
+            role: if i.is_multiple_of(3) {
                 "auditor"
             } else {
                 "data-provider"
             }
             .into(),
-            site: (i % 3 != 0).then(|| "SITE_A".to_string()),
+            site: (!i.is_multiple_of(3)).then(|| "SITE_A".to_string()),
             name: format!("user{}", i % 5),
             serial: format!("{:x}", 1000 + i % 5),
         },
-        action: if i % 2 == 0 {
+        action: if i.is_multiple_of(2) {
             "http GET /whoami"
         } else {
             "contribution.instance"
         }
         .into(),
         resource: format!("2.25.{i}"),
-        decision: if i % 7 == 0 { "deny" } else { "allow" }.into(),
+        decision: if i.is_multiple_of(7) { "deny" } else { "allow" }.into(),
         rule: "route table".into(),
         outcome: "ok".into(),
         request_id: format!("req-{i}"),
@@ -164,7 +164,7 @@ async fn appends_checkpoints_proofs_and_tampering_on_every_database() {
             .unwrap();
         assert_eq!(
             denied.len(),
-            (0..300).filter(|i| i % 7 == 0).count(),
+            (0..300).filter(|i| i.is_multiple_of(7)).count(),
             "{engine}"
         );
         let page = log
