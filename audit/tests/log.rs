@@ -164,7 +164,7 @@ async fn appends_checkpoints_proofs_and_tampering_on_every_database() {
             .unwrap();
         assert_eq!(
             denied.len(),
-            (0..300).filter(|i| i.is_multiple_of(7)).count(),
+            (0..300usize).filter(|i| i.is_multiple_of(7)).count(),
             "{engine}"
         );
         let page = log
