@@ -87,7 +87,10 @@ pub struct Filter {
     pub limit: u64,
 }
 
-type Pending = (NewEvent, tokio::sync::oneshot::Sender<Result<u64, String>>);
+type Pending = (
+    NewEvent,
+    tokio::sync::oneshot::Sender<Result<Event, String>>,
+);
 
 /// Most events committed in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -153,8 +156,17 @@ pub fn load_or_create_key(dir: &Path) -> Result<AuditKey, AuditError> {
 
 impl AuditLog {
     /// Opens (creating when needed) the log in the database at `url`, with its key and
-    /// JSON-lines files in `dir`.
+    /// JSON-lines files in `dir`, and starts the checkpointer.
     pub async fn open(url: &str, dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(url, dir, true).await
+    }
+
+    /// Opens the log to read and verify it: no checkpoints are signed.
+    pub async fn open_for_reading(url: &str, dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(url, dir, false).await
+    }
+
+    async fn open_with(url: &str, dir: &Path, checkpointer: bool) -> Result<Self, AuditError> {
         sqlx::any::install_default_drivers();
         let key = load_or_create_key(dir)?;
         let engine = if url.starts_with("sqlite:") {
@@ -209,6 +221,9 @@ impl AuditLog {
         // The checkpointer: a signed tree head at most 500 ms behind while events arrive.
         // It holds only a weak reference, so it ends with the last clone of the log.
         let weak = Arc::downgrade(&log.inner);
+        if !checkpointer {
+            return Ok(log);
+        }
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -222,9 +237,9 @@ impl AuditLog {
         Ok(log)
     }
 
-    /// Records an event; returns its sequence number once it is durable. An error means
-    /// it is not recorded: the caller must not carry out what it describes.
-    pub async fn append(&self, e: NewEvent) -> Result<u64, AuditError> {
+    /// Records an event; returns it, numbered, once it is durable. An error means it is
+    /// not recorded: the caller must not carry out what it describes.
+    pub async fn append(&self, e: NewEvent) -> Result<Event, AuditError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
         self.inner
             .tx
@@ -236,9 +251,21 @@ impl AuditLog {
             .map_err(AuditError::NotRecorded)
     }
 
-    /// Events durably recorded.
+    /// Events durably recorded, as this process last saw them (other processes may have
+    /// appended since: see [`AuditLog::refresh_size`]).
     pub fn size(&self) -> u64 {
         self.inner.size.load(Ordering::SeqCst)
+    }
+
+    /// Events durably recorded, read from the database (counting other processes'
+    /// appends).
+    pub async fn refresh_size(&self) -> Result<u64, AuditError> {
+        let n: i64 = sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events")
+            .fetch_one(&self.inner.pool)
+            .await?
+            .get(0);
+        self.inner.size.fetch_max(n as u64, Ordering::SeqCst);
+        Ok(self.size())
     }
 
     /// The audit verifier key string (public).
@@ -290,7 +317,7 @@ impl AuditLog {
     /// one when the log grew since the last.
     pub async fn checkpoint(&self) -> Result<(u64, String), AuditError> {
         let _one_at_a_time = self.inner.signing.lock().await;
-        let size = self.size();
+        let size = self.refresh_size().await?;
         if let Some(l) = self.latest_checkpoint() {
             if l.0 == size {
                 return Ok(l);
@@ -315,6 +342,19 @@ impl AuditLog {
         Ok(l)
     }
 
+    /// A tree head of every event recorded so far, signed now but not stored (for a
+    /// receipt: cheap, and as verifiable as a stored checkpoint).
+    pub async fn signed_head(&self) -> Result<(u64, String), AuditError> {
+        let size = self.refresh_size().await?;
+        let root = self.root(size).await?;
+        let note = self
+            .inner
+            .key
+            .sign(size, root, now_ms() / 1000)
+            .map_err(|e| AuditError::Key(e.to_string()))?;
+        Ok((size, note))
+    }
+
     /// The latest signed checkpoint, without signing a new one.
     pub fn latest_checkpoint(&self) -> Option<(u64, String)> {
         self.inner
@@ -332,7 +372,7 @@ impl AuditLog {
 
     /// The inclusion proof of event `seq` in the tree of `size` events.
     pub async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
-        if size > self.size() {
+        if size > self.size() && size > self.refresh_size().await? {
             return Err(AuditError::Range(format!(
                 "the log has {} events, not {size}",
                 self.size()
@@ -347,7 +387,7 @@ impl AuditLog {
 
     /// The consistency proof from the tree of `old` events to the tree of `new` events.
     pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, AuditError> {
-        if new > self.size() {
+        if new > self.size() && new > self.refresh_size().await? {
             return Err(AuditError::Range(format!(
                 "the log has {} events, not {new}",
                 self.size()
@@ -603,16 +643,12 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let start = size.load(Ordering::SeqCst);
         let time = now_ms();
-        let (events, replies): (Vec<Event>, Vec<_>) = batch
-            .into_iter()
-            .enumerate()
-            .map(|(i, (e, r))| (Event::new(start + i as u64, time, e), r))
-            .unzip();
-        match commit(&pool, start, &events).await {
-            Ok(()) => {
-                size.store(start + events.len() as u64, Ordering::SeqCst);
+        let (news, replies): (Vec<NewEvent>, Vec<_>) = batch.into_iter().unzip();
+        match commit(&pool, time, news).await {
+            Ok(events) => {
+                let end = events.last().map(|e| e.seq + 1).unwrap_or(0);
+                size.fetch_max(end, Ordering::SeqCst);
                 // The second sink, written synchronously after the durable commit. A
                 // failure here is reported; the database copy is the one of record.
                 let mut lines = Vec::new();
@@ -623,8 +659,8 @@ async fn writer(
                 if let Err(e) = jsonl.write_all(&lines).and_then(|_| jsonl.flush()) {
                     tracing::error!(error = %e, "audit JSON-lines file could not be written");
                 }
-                for (e, r) in events.iter().zip(replies) {
-                    let _ = r.send(Ok(e.seq));
+                for (e, r) in events.into_iter().zip(replies) {
+                    let _ = r.send(Ok(e));
                 }
             }
             Err(e) => {
@@ -637,8 +673,48 @@ async fn writer(
     }
 }
 
-/// Writes `events` (numbered from `start`) and their tree hashes in one transaction.
-async fn commit(pool: &AnyPool, start: u64, events: &[Event]) -> Result<(), AuditError> {
+/// Numbers `news` after the last event in the database and writes them and their tree
+/// hashes in one transaction, holding the database's write lock from the moment the last
+/// number is read (`BEGIN IMMEDIATE` on SQLite, a transaction-scoped advisory lock on
+/// PostgreSQL): other processes appending to the same log (the command line beside a
+/// running gateway) are serialized, never interleaved.
+async fn commit(pool: &AnyPool, time: u64, news: Vec<NewEvent>) -> Result<Vec<Event>, AuditError> {
+    let mut conn = pool.acquire().await?;
+    let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    if sqlite {
+        conn.execute("BEGIN IMMEDIATE").await?;
+    } else {
+        conn.execute("BEGIN").await?;
+        conn.execute("SELECT pg_advisory_xact_lock(7202)").await?;
+    }
+    let result = write_locked(&mut conn, time, news).await;
+    match result {
+        Ok(events) => {
+            conn.execute("COMMIT").await?;
+            Ok(events)
+        }
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn write_locked(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    time: u64,
+    news: Vec<NewEvent>,
+) -> Result<Vec<Event>, AuditError> {
+    let start: i64 = sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events")
+        .fetch_one(&mut **conn)
+        .await?
+        .get(0);
+    let start = start as u64;
+    let events: Vec<Event> = news
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| Event::new(start + i as u64, time, e))
+        .collect();
     // The stored hashes these appends read and were written before this batch.
     let mut need: Vec<u64> = events
         .iter()
@@ -658,7 +734,7 @@ async fn commit(pool: &AnyPool, start: u64, events: &[Event]) -> Result<(), Audi
         for i in chunk {
             q = q.bind(*i as i64);
         }
-        for r in q.fetch_all(pool).await? {
+        for r in q.fetch_all(&mut **conn).await? {
             let h: Vec<u8> = r.get(1);
             let h: [u8; 32] = h
                 .try_into()
@@ -668,7 +744,7 @@ async fn commit(pool: &AnyPool, start: u64, events: &[Event]) -> Result<(), Audi
     }
     let mut new_hashes: Vec<(u64, Hash)> = Vec::with_capacity(events.len() * 2);
     let mut entries = Vec::with_capacity(events.len());
-    for e in events {
+    for e in &events {
         let entry = e.entry();
         let hs = tree::stored_hashes(e.seq, &entry, &MapReader(&known))
             .map_err(|err| AuditError::Damaged(format!("tree at event {}: {err}", e.seq)))?;
@@ -679,7 +755,6 @@ async fn commit(pool: &AnyPool, start: u64, events: &[Event]) -> Result<(), Audi
         }
         entries.push(String::from_utf8(entry).unwrap_or_default());
     }
-    let mut tx = pool.begin().await?;
     for (chunk_events, chunk_entries) in events.chunks(400).zip(entries.chunks(400)) {
         let mut sql = String::from(
             "INSERT INTO audit_events (seq, time_ms, role, site, name, serial, action, resource, decision, request_id, entry) VALUES ",
@@ -719,7 +794,7 @@ async fn commit(pool: &AnyPool, start: u64, events: &[Event]) -> Result<(), Audi
                 .bind(e.request_id.clone())
                 .bind(entry.clone());
         }
-        q.execute(&mut *tx).await?;
+        q.execute(&mut **conn).await?;
     }
     for chunk in new_hashes.chunks(1000) {
         let mut sql = String::from("INSERT INTO audit_hashes (idx, hash) VALUES ");
@@ -733,8 +808,7 @@ async fn commit(pool: &AnyPool, start: u64, events: &[Event]) -> Result<(), Audi
         for (i, h) in chunk {
             q = q.bind(*i as i64).bind(h.0.to_vec());
         }
-        q.execute(&mut *tx).await?;
+        q.execute(&mut **conn).await?;
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(events)
 }

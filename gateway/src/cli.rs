@@ -152,6 +152,7 @@ pub struct Totals {
 /// once it is acknowledged (stored and committed), quarantined or rejected.
 async fn ingest_tree(
     v: &Vault,
+    log: &audit::AuditLog,
     site: &SiteId,
     input: &Path,
     jobs: usize,
@@ -167,7 +168,7 @@ async fn ingest_tree(
             continue;
         }
         let permit = sem.clone().acquire_owned().await?;
-        let (v, site) = (v.clone(), site.clone());
+        let (v, site, log) = (v.clone(), site.clone(), log.clone());
         set.spawn(async move {
             let _permit = permit;
             let bytes = match tokio::fs::read(&path).await {
@@ -186,7 +187,21 @@ async fn ingest_tree(
             };
             let sha = vault::tree::sha256_hex(&bytes);
             let len = bytes.len() as u64;
-            (index, sha, len, v.ingest(&site, bytes).await)
+            let rid = crate::record::RequestId::new();
+            let result = crate::record::ingest(
+                &v,
+                &log,
+                &audit::Actor::local_operator(),
+                &rid.0,
+                &site,
+                bytes,
+                None,
+                &format!("hbs ingest on the gateway host for site {site}"),
+            )
+            .await
+            .map_err(|e| VaultError::Internal(e.to_string()))
+            .and_then(|(r, _)| r);
+            (index, sha, len, result)
         });
         while set.len() >= jobs * 2 {
             if let Some(r) = set.join_next().await {
@@ -259,8 +274,9 @@ pub async fn ingest(
 ) -> Result<()> {
     let site = SiteId::new(site)?;
     let v = Vault::open(cfg).await?;
+    let log = open_log(cfg).await?;
     let start = Instant::now();
-    let t = ingest_tree(&v, &site, input, jobs, true).await?;
+    let t = ingest_tree(&v, &log, &site, input, jobs, true).await?;
     let mut clinical_count = 0;
     if let Some(c) = clinical {
         let bytes = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
@@ -285,6 +301,7 @@ pub async fn ingest(
         secs,
         t.stored as f64 / secs.max(1e-9)
     );
+    log.close().await;
     v.close().await;
     Ok(())
 }
@@ -331,6 +348,7 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
         .collect();
     site_dirs.sort();
     let v = Vault::open(cfg).await?;
+    let log = open_log(cfg).await?;
     let start = Instant::now();
     let mut all = Totals::default();
     for dir in &site_dirs {
@@ -340,7 +358,7 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
             .unwrap_or_default()
             .to_string();
         let site = SiteId::new(&code)?;
-        let t = ingest_tree(&v, &site, dir, 16, false).await?;
+        let t = ingest_tree(&v, &log, &site, dir, 16, false).await?;
         let clinical = match std::fs::read(dir.join("clinical.csv")) {
             Ok(b) => v
                 .ingest_clinical(&site, &b, &["smoking".into()])
@@ -374,6 +392,7 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
         "   Keys: {0}/keys (0600); database: {0}/hbs.db; ciphertext: {0}/blobs.",
         cfg.data_dir.display()
     );
+    log.close().await;
     v.close().await;
     Ok(())
 }
@@ -385,10 +404,45 @@ fn pseudonym(s: &str) -> Result<Pseudonym> {
     }
 }
 
+/// The audit log of the data folder's database.
+pub async fn open_log(cfg: &VaultConfig) -> Result<audit::AuditLog> {
+    audit::AuditLog::open(&cfg.database_url(), &cfg.data_dir.join("audit"))
+        .await
+        .context("the audit log")
+}
+
+/// Records an action of the local operator before it is carried out; an error (nothing
+/// recorded) means the action must not happen.
+pub async fn record_local(cfg: &VaultConfig, action: &str, resource: &str) -> Result<()> {
+    let log = open_log(cfg).await?;
+    let rid = crate::record::RequestId::new();
+    log.append(crate::record::event(
+        &audit::Actor::local_operator(),
+        &rid.0,
+        action,
+        resource,
+        "allow",
+        "local operator on the gateway host",
+        "started",
+    ))
+    .await
+    .context("refused: the audit log cannot record this action")?;
+    log.close().await;
+    Ok(())
+}
+
 /// `hbs vault export`.
 pub async fn export(cfg: &VaultConfig, patient: Option<&str>, out: &Path) -> Result<()> {
     let p = patient.map(pseudonym).transpose()?;
     let v = Vault::open(cfg).await?;
+    record_local(
+        cfg,
+        "vault.export",
+        &p.as_ref()
+            .map(|p| format!("patient {p}"))
+            .unwrap_or_else(|| "all patients".into()),
+    )
+    .await?;
     let (n, c) = v.export(p.as_ref(), out).await?;
     println!(
         "exported {n} instances and {c} clinical records to {}",
@@ -402,6 +456,12 @@ pub async fn export(cfg: &VaultConfig, patient: Option<&str>, out: &Path) -> Res
 pub async fn withdraw(cfg: &VaultConfig, patient: &str) -> Result<()> {
     let p = pseudonym(patient)?;
     let v = Vault::open(cfg).await?;
+    record_local(
+        cfg,
+        "vault.withdraw (crypto-shredding)",
+        &format!("patient {p}"),
+    )
+    .await?;
     let n = v.withdraw(&p).await?;
     println!("patient {p} withdrawn: data key destroyed, {n} instances unreadable for ever");
     v.close().await;
@@ -411,6 +471,7 @@ pub async fn withdraw(cfg: &VaultConfig, patient: &str) -> Result<()> {
 /// `hbs vault rotate-kek`.
 pub async fn rotate_kek(cfg: &VaultConfig) -> Result<()> {
     let v = Vault::open(cfg).await?;
+    record_local(cfg, "vault.rotate-kek", "key-encryption key").await?;
     let n = v.rotate_kek().await?;
     println!("key-encryption key rotated to v{n}; every data key rewrapped, blobs untouched");
     v.close().await;

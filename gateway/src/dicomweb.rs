@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use vault::pseudonym::SiteId;
 use vault::vault::{Ingested, VaultError};
 
+use crate::record::{self, RequestId};
 use crate::routes::{AppState, PeerKey};
 
 /// Largest single instance accepted in a STOW-RS part.
@@ -53,10 +54,11 @@ pub async fn stow(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Extension(key): Extension<PeerKey>,
+    Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    store(state, p, key, headers, body, None).await
+    store(state, p, key, rid, headers, body, None).await
 }
 
 /// `POST /dicomweb/studies/{study}`.
@@ -64,11 +66,12 @@ pub async fn stow_study(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Extension(key): Extension<PeerKey>,
+    Extension(rid): Extension<RequestId>,
     Path(study): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    store(state, p, key, headers, body, Some(study)).await
+    store(state, p, key, rid, headers, body, Some(study)).await
 }
 
 /// Media type of a signed contribution manifest part (first part of the request).
@@ -120,10 +123,41 @@ fn verify_manifest(
         .collect())
 }
 
+/// Records a refused contribution (the reason names no value); a 503 when it cannot be.
+async fn refuse(
+    state: &AppState,
+    p: &Principal,
+    rid: &RequestId,
+    status: StatusCode,
+    reason: &str,
+) -> Response {
+    let ev = record::event(
+        &record::actor(p),
+        &rid.0,
+        "contribution",
+        &format!("site {}", p.site.as_deref().unwrap_or("-")),
+        "deny",
+        "contribution checks",
+        &format!("refused: {reason}"),
+    );
+    match state.audit.append(ev).await {
+        Ok(_) => dicom_json_error(status, reason),
+        Err(e) => {
+            tracing::error!(error = %e, "refusal could not be recorded");
+            dicom_json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit log cannot record this request; nothing was done",
+            )
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn store(
     state: AppState,
     p: Principal,
     peer_key: PeerKey,
+    rid: RequestId,
     headers: HeaderMap,
     body: Body,
     study: Option<String>,
@@ -212,7 +246,7 @@ async fn store(
                 Ok(set) => manifest = Some((set, crate::dicomweb::sha256_hex(&m))),
                 Err(reason) => {
                     tracing::info!(site = %site, reason = %reason, "signed contribution refused");
-                    return dicom_json_error(StatusCode::FORBIDDEN, &reason);
+                    return refuse(&state, &p, &rid, StatusCode::FORBIDDEN, &reason).await;
                 }
             }
         }
@@ -222,18 +256,29 @@ async fn store(
     }
     if manifest.is_none() && state.signed_only.contains(site.as_str()) {
         tracing::info!(site = %site, "unsigned contribution refused by the site's setting");
-        return dicom_json_error(
+        return refuse(
+            &state,
+            &p,
+            &rid,
             StatusCode::FORBIDDEN,
             &format!(
                 "site {site} accepts signed contributions only: send a manifest part ({MANIFEST_TYPE}) and its signature ({SIGNATURE_TYPE}) before the instances; nothing was stored"
             ),
-        );
+        )
+        .await;
     }
+    let rule = match &manifest {
+        Some((_, sha)) => format!("data provider of site {site}; manifest {sha} signed"),
+        None => format!("data provider of site {site}; unsigned"),
+    };
+    let actor = record::actor(&p);
     // Parts are de-identified and stored concurrently (up to PARALLEL_PARTS at once, so
     // memory stays bounded), each waiting for its own durability; the answer lists them
     // in request order.
-    let mut running: tokio::task::JoinSet<(usize, Result<Ingested, VaultError>)> =
-        tokio::task::JoinSet::new();
+    type Outcome = Result<(Result<Ingested, VaultError>, audit::Event), record::NotRecorded>;
+    let mut running: tokio::task::JoinSet<(usize, Outcome)> = tokio::task::JoinSet::new();
+    // Events recorded for this request: (part, event).
+    let mut recorded: Vec<(usize, audit::Event)> = Vec::new();
     let mut outcomes = Vec::new();
     loop {
         let field = match pending_first.take() {
@@ -257,6 +302,25 @@ async fn store(
         };
         if let Some((hashes, _)) = &manifest {
             if !hashes.contains(&sha256_hex(&bytes)) {
+                let ev = record::event(
+                    &actor,
+                    &rid.0,
+                    "contribution.instance",
+                    &format!("site {site}"),
+                    "deny",
+                    &rule,
+                    &format!("rejected: part {index} is not in the signed manifest"),
+                );
+                match state.audit.append(ev).await {
+                    Ok(e) => recorded.push((index, e)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "contribution refused: the audit log cannot record it");
+                        return dicom_json_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the audit log cannot record this contribution; parts already recorded may have been stored, send it again",
+                        );
+                    }
+                }
                 state.metrics.ingested("rejected");
                 failed.push((
                     index,
@@ -272,8 +336,28 @@ async fn store(
                 outcomes.push(done);
             }
         }
-        let (vault, site, study, i) = (state.vault.clone(), site.clone(), study.clone(), index);
-        running.spawn(async move { (i, vault.ingest_into(&site, bytes, study.as_deref()).await) });
+        let (vault, log, site, study, i) = (
+            state.vault.clone(),
+            state.audit.clone(),
+            site.clone(),
+            study.clone(),
+            index,
+        );
+        let (actor, rid, rule) = (actor.clone(), rid.0.clone(), rule.clone());
+        running.spawn(async move {
+            let o = record::ingest(
+                &vault,
+                &log,
+                &actor,
+                &rid,
+                &site,
+                bytes,
+                study.as_deref(),
+                &rule,
+            )
+            .await;
+            (i, o)
+        });
         index += 1;
     }
     while let Some(done) = running.join_next().await {
@@ -291,7 +375,19 @@ async fn store(
     };
     outcomes.sort_by_key(|(i, _)| *i);
     let mut vault_failed = false;
+    let mut audit_failed = false;
     for (index, outcome) in outcomes {
+        let outcome = match outcome {
+            Ok((o, event)) => {
+                recorded.push((index, event));
+                o
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "contribution refused: the audit log cannot record it");
+                audit_failed = true;
+                continue;
+            }
+        };
         match outcome {
             Ok(Ingested::Stored {
                 sop_uid,
@@ -322,6 +418,13 @@ async fn store(
                 vault_failed = true;
             }
         }
+    }
+    if audit_failed {
+        // Nothing of an unrecorded part was stored (it is recorded before it is stored).
+        return dicom_json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot record this contribution: what could not be recorded was not stored; send it again (instances already stored are not duplicated)",
+        );
     }
     if vault_failed {
         // The vault itself failed (database, store, keys) for at least one part: the
@@ -363,7 +466,30 @@ async fn store(
             .collect();
         out.insert("00081198".into(), json!({"vr": "SQ", "Value": items}));
     }
+    // The receipt carries the events of this contribution and their inclusion proofs
+    // against a tree head signed now: the site can later prove what it contributed.
+    recorded.sort_by_key(|(i, e)| (*i, e.seq));
+    let audit_part = match state.audit.signed_head().await {
+        Ok((size, note)) => {
+            let mut events = Vec::new();
+            for (part, e) in &recorded {
+                let proof = state
+                    .audit
+                    .inclusion_proof(e.seq, size)
+                    .await
+                    .map(|p| audit::tree::to_b64(&p))
+                    .unwrap_or_default();
+                events.push(json!({"part": part, "event": String::from_utf8_lossy(&e.entry()), "proof": proof}));
+            }
+            json!({"size": size, "checkpoint": note, "events": events})
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no signed tree head for the receipt");
+            json!({"events": recorded.iter().map(|(p, e)| json!({"part": p, "seq": e.seq})).collect::<Vec<_>>()})
+        }
+    };
     let receipt = json!({
+        "audit": audit_part,
         "site": site.as_str(),
         "signed": manifest.is_some(),
         "manifest_sha256": manifest.as_ref().map(|(_, h)| h.clone()),

@@ -8,12 +8,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod audit_cli;
+mod audit_routes;
 mod bench;
 mod cli;
 mod client;
 mod contribute;
 mod dicomweb;
 mod qido;
+mod record;
 mod routes;
 mod search;
 mod server;
@@ -272,6 +275,77 @@ enum Cmd {
     /// The platform PKI: issue and revoke certificates.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// The audit log: verify it, list its events.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify the log: offline from the data folder, or (with --checkpoint) a checkpoint
+    /// kept earlier against the gateway. Exits 0 only when everything checks.
+    Verify {
+        #[command(flatten)]
+        data: DataArgs,
+        /// A checkpoint kept earlier (created on first contact, then kept up to date):
+        /// checks that the gateway's log extends it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The audit verifier key [default: DATA/audit/key.pub offline; the gateway's
+        /// /audit/key online, which must verify the kept checkpoint].
+        #[arg(long)]
+        audit_key: Option<PathBuf>,
+        /// The gateway (with --checkpoint).
+        #[arg(long, env = "HBS_GATEWAY", default_value = "https://127.0.0.1:8443")]
+        gateway: String,
+        /// Your certificate (with --checkpoint).
+        #[arg(long, env = "HBS_CERT")]
+        cert: Option<PathBuf>,
+        /// Its key (with --checkpoint).
+        #[arg(long, env = "HBS_KEY")]
+        key: Option<PathBuf>,
+        /// The platform CA (with --checkpoint).
+        #[arg(long, env = "HBS_CA")]
+        ca: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List events (auditors), each inclusion proof checked against the signed checkpoint.
+    Events {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// Actor role.
+        #[arg(long)]
+        role: Option<String>,
+        /// Actor site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Actor name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Action (for example "contribution.instance").
+        #[arg(long)]
+        action: Option<String>,
+        /// Resource.
+        #[arg(long)]
+        resource: Option<String>,
+        /// allow or deny.
+        #[arg(long)]
+        decision: Option<String>,
+        /// From (ms since the epoch).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Until (ms since the epoch).
+        #[arg(long)]
+        to: Option<u64>,
+        /// After this event number (to page on).
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many (1000 at most).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -444,6 +518,9 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics: Default::default(),
                 receipt_key: std::sync::Arc::new(openssl::pkey::PKey::private_key_from_pem(&key)?),
                 signed_only: std::sync::Arc::new(signed_only),
+                audit: audit::AuditLog::open(&cfg.database_url(), &cfg.data_dir.join("audit"))
+                    .await
+                    .context("the audit log")?,
             };
             server::serve(state, cfg.data_dir.clone(), listen).await
         }
@@ -503,6 +580,71 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Vault(VaultCmd::RotateKek { data }) => cli::rotate_kek(&data.config()?).await,
         Cmd::Vault(VaultCmd::Stats { data }) => cli::stats(&data.config()?).await,
+        Cmd::Audit(AuditCmd::Verify {
+            data,
+            checkpoint,
+            audit_key,
+            gateway,
+            cert,
+            key,
+            ca,
+            json,
+        }) => match checkpoint {
+            None => audit_cli::verify_offline(&data.config()?, audit_key.as_deref(), json).await,
+            Some(kept) => {
+                let (Some(cert), Some(key), Some(ca)) = (cert, key, ca) else {
+                    anyhow::bail!(
+                        "--checkpoint needs --cert, --key and --ca (or HBS_CERT, HBS_KEY, HBS_CA)"
+                    );
+                };
+                let c = client::ClientArgs {
+                    gateway,
+                    cert,
+                    key,
+                    ca,
+                    json,
+                };
+                audit_cli::verify_online(&c, &kept, audit_key.as_deref()).await
+            }
+        },
+        Cmd::Audit(AuditCmd::Events {
+            client,
+            role,
+            site,
+            name,
+            action,
+            resource,
+            decision,
+            from,
+            to,
+            after,
+            limit,
+        }) => {
+            let mut pairs: Vec<(&'static str, String)> = Vec::new();
+            for (k, v) in [
+                ("role", role),
+                ("site", site),
+                ("name", name),
+                ("action", action),
+                ("resource", resource),
+                ("decision", decision),
+            ] {
+                if let Some(v) = v {
+                    pairs.push((k, v));
+                }
+            }
+            for (k, v) in [
+                ("from", from),
+                ("to", to),
+                ("after", after),
+                ("limit", limit),
+            ] {
+                if let Some(v) = v {
+                    pairs.push((k, v.to_string()));
+                }
+            }
+            audit_cli::events(&client, &audit_cli::EventFilters { pairs }).await
+        }
         Cmd::Ca(CaCmd::Init { data }) => cli::ca_init(&data.data_dir()?),
         Cmd::Ca(CaCmd::Issue {
             data,
@@ -511,17 +653,41 @@ async fn run(cli: Cli) -> Result<()> {
             site,
             days,
             out,
-        }) => cli::ca_issue(&data.data_dir()?, &role, &name, site.as_deref(), days, &out),
+        }) => {
+            cli::record_local(
+                &data.config()?,
+                "ca.issue",
+                &format!(
+                    "{role} certificate for {name}{}",
+                    site.as_deref()
+                        .map(|s| format!(" at {s}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .await?;
+            cli::ca_issue(&data.data_dir()?, &role, &name, site.as_deref(), days, &out)
+        }
         Cmd::Ca(CaCmd::Revoke {
             data,
             cert,
             serial,
             reason,
-        }) => cli::ca_revoke(
-            &data.data_dir()?,
-            cert.as_deref(),
-            serial.as_deref(),
-            &reason,
-        ),
+        }) => {
+            cli::record_local(
+                &data.config()?,
+                "ca.revoke",
+                &format!(
+                    "certificate {}",
+                    serial.as_deref().unwrap_or("given by file")
+                ),
+            )
+            .await?;
+            cli::ca_revoke(
+                &data.data_dir()?,
+                cert.as_deref(),
+                serial.as_deref(),
+                &reason,
+            )
+        }
     }
 }

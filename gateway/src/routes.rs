@@ -28,6 +28,8 @@ pub struct AppState {
     pub receipt_key: Arc<openssl::pkey::PKey<openssl::pkey::Private>>,
     /// Sites whose contributions must come with a signed manifest.
     pub signed_only: Arc<std::collections::BTreeSet<String>>,
+    /// The audit log: every request and every effect is recorded here first.
+    pub audit: audit::AuditLog,
 }
 
 /// The public key of the caller's verified certificate (to check what it signs).
@@ -57,6 +59,11 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
         "/dicomweb/studies/{study}/series/{series}/instances",
         SEARCH,
     ),
+    ("GET", "/audit/events", &[Role::Auditor]),
+    ("GET", "/audit/checkpoint", ALL),
+    ("GET", "/audit/key", ALL),
+    ("GET", "/audit/consistency", ALL),
+    ("GET", "/audit/proof", ALL),
 ];
 
 /// The router: [`ROUTES`] with their handlers, behind the role gate and the metrics.
@@ -88,6 +95,11 @@ pub fn router(state: AppState) -> Router {
             "/dicomweb/studies/{study}/series/{series}/instances",
             get(crate::qido::series_instances),
         )
+        .route("/audit/events", get(crate::audit_routes::events))
+        .route("/audit/checkpoint", get(crate::audit_routes::checkpoint))
+        .route("/audit/key", get(crate::audit_routes::key))
+        .route("/audit/consistency", get(crate::audit_routes::consistency))
+        .route("/audit/proof", get(crate::audit_routes::proof))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
@@ -96,8 +108,13 @@ fn deny(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({"error": reason}))).into_response()
 }
 
-/// Role gate and request metrics. Runs for every request, matched or not.
-async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Role gate, audit and request metrics. Runs for every request, matched or not.
+///
+/// The decision (allowed by the route table, or denied) is appended to the audit log
+/// before anything else happens; when it cannot be recorded, the request is refused with
+/// 503 and its handler never runs (fail closed). The event names the route template, never
+/// the request path or query (a source UID can be in a path).
+async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = req
         .extensions()
@@ -106,22 +123,48 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
     let method = req.method().as_str().to_string();
     let principal = req.extensions().get::<Principal>().cloned();
     let label = route.clone().unwrap_or_else(|| "unmatched".into());
+    let rid = crate::record::RequestId::new();
     let resp = match (route, principal) {
         (_, None) => deny(StatusCode::UNAUTHORIZED, "no client certificate"),
-        (None, Some(_)) => deny(StatusCode::NOT_FOUND, "no such route"),
-        (Some(path), Some(p)) => {
-            let allowed = ROUTES
-                .iter()
-                .find(|(m, r, _)| *m == method && *r == path)
-                .map(|(_, _, roles)| roles.contains(&p.role))
-                .unwrap_or(false);
-            if allowed {
+        (route, Some(p)) => {
+            let (allowed, rule) = match &route {
+                None => (false, "no such route (deny by default)".to_string()),
+                Some(path) => match ROUTES.iter().find(|(m, r, _)| *m == method && r == path) {
+                    Some((_, _, roles)) if roles.contains(&p.role) => (
+                        true,
+                        format!("route table: {method} {path} admits {}", p.role),
+                    ),
+                    _ => (
+                        false,
+                        format!("route table: {method} {path} does not admit {}", p.role),
+                    ),
+                },
+            };
+            let ev = crate::record::event(
+                &crate::record::actor(&p),
+                &rid.0,
+                &format!("http {method} {label}"),
+                &label,
+                if allowed { "allow" } else { "deny" },
+                &rule,
+                if allowed { "admitted" } else { "refused" },
+            );
+            if let Err(e) = state.audit.append(ev).await {
+                tracing::error!(error = %e, "request refused: the audit log cannot record it");
+                deny(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the audit log cannot record this request; nothing was done",
+                )
+            } else if allowed {
+                req.extensions_mut().insert(rid.clone());
                 next.run(req).await
+            } else if route.is_none() {
+                deny(StatusCode::NOT_FOUND, "no such route")
             } else {
-                tracing::info!(role = %p.role, route = %path, "denied by role");
+                tracing::info!(role = %p.role, route = %label, "denied by role");
                 deny(
                     StatusCode::FORBIDDEN,
-                    &format!("the {} role may not {method} {path}", p.role),
+                    &format!("the {} role may not {method} {label}", p.role),
                 )
             }
         }
@@ -129,6 +172,10 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
     state
         .metrics
         .record(&method, &label, resp.status().as_u16(), start.elapsed());
+    let mut resp = resp;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&rid.0) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     resp
 }
 
@@ -139,14 +186,15 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> Response {
     let db = state.vault.catalog().ready().await;
     let store = state.vault.store().ready().await;
-    let status = if db && store {
+    let log = state.audit.ready().await;
+    let status = if db && store && log {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({"database": db, "blob_store": store, "keys": true})),
+        Json(json!({"database": db, "blob_store": store, "keys": true, "audit_log": log})),
     )
         .into_response()
 }

@@ -189,6 +189,8 @@ pub async fn serve(state: AppState, data: PathBuf, listen: SocketAddr) -> Result
     stop_rx.mark_unchanged();
     let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
     state.vault.close().await;
+    // A last signed checkpoint, so no event waits for the next run to be covered.
+    state.audit.close().await;
     Ok(())
 }
 

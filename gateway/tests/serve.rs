@@ -49,6 +49,11 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
                 403
             },
         ),
+        // The audit log: events for auditors; checkpoints, the key and proofs for every
+        // platform identity (without parameters, consistency and proof are a 400).
+        ("GET", "/audit/events") => Some(if role == "auditor" { 200 } else { 403 }),
+        ("GET", "/audit/checkpoint") | ("GET", "/audit/key") => Some(all),
+        ("GET", "/audit/consistency") | ("GET", "/audit/proof") => Some(400),
         _ => None,
     }
 }

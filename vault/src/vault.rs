@@ -156,6 +156,29 @@ pub enum Ingested {
     },
 }
 
+/// A de-identified, encrypted instance not yet stored ([`Vault::prepare`]).
+#[derive(Debug)]
+pub enum Prepared {
+    /// Not to be stored: possible burned-in text.
+    Quarantined {
+        /// Why.
+        reason: String,
+        /// Patient pseudonym.
+        pseudonym: String,
+    },
+    /// Ready for [`Vault::commit`].
+    Ready(Box<ReadyInstance>),
+}
+
+/// What [`Vault::commit`] stores.
+#[derive(Debug)]
+pub struct ReadyInstance {
+    /// Its catalogue row (pseudonymized values only).
+    pub row: InstanceRow,
+    blob: Vec<u8>,
+    pseudonym_from_study: bool,
+}
+
 /// The vault over one data folder.
 #[derive(Clone)]
 pub struct Vault {
@@ -386,6 +409,23 @@ impl Vault {
         bytes: Vec<u8>,
         study: Option<&str>,
     ) -> Result<Ingested, VaultError> {
+        match self.prepare(site, bytes, study).await? {
+            Prepared::Quarantined { reason, pseudonym } => {
+                Ok(Ingested::Quarantined { reason, pseudonym })
+            }
+            Prepared::Ready(r) => self.commit(*r).await,
+        }
+    }
+
+    /// The first half of an ingest: de-identify and encrypt, store nothing (except the
+    /// patient's wrapped data key when the patient is new). The caller records what it is
+    /// about to do (the audit log) and then calls [`Vault::commit`], or drops it.
+    pub async fn prepare(
+        &self,
+        site: &SiteId,
+        bytes: Vec<u8>,
+        study: Option<&str>,
+    ) -> Result<Prepared, VaultError> {
         let keys = self.keys.clone();
         let s = site.clone();
         let outcome = tokio::task::spawn_blocking(move || deid::deidentify(&bytes, &s, &keys))
@@ -393,7 +433,7 @@ impl Vault {
             .map_err(|e| VaultError::Internal(format!("de-identification task failed: {e}")))??;
         let a = match outcome {
             Outcome::Quarantined { reason, pseudonym } => {
-                return Ok(Ingested::Quarantined {
+                return Ok(Prepared::Quarantined {
                     reason,
                     pseudonym: pseudonym.to_string(),
                 })
@@ -428,16 +468,31 @@ impl Vault {
         let Accepted { bytes, .. } = *a;
         row.sha256 = crate::tree::sha256_hex(&bytes);
         let blob = dek.seal(&object_id, bytes)?;
-        self.store.put(&object_id, blob).await?;
+        Ok(Prepared::Ready(Box::new(ReadyInstance {
+            row,
+            blob,
+            pseudonym_from_study: from_study,
+        })))
+    }
+
+    /// The second half of an ingest: store the sealed blob durably, then commit its
+    /// catalogue row. Returns once both are durable.
+    pub async fn commit(&self, r: ReadyInstance) -> Result<Ingested, VaultError> {
+        let ReadyInstance {
+            row,
+            blob,
+            pseudonym_from_study,
+        } = r;
+        self.store.put(&row.object_id, blob).await?;
         let fresh = self.catalog.insert_instance(&row).await?;
         Ok(Ingested::Stored {
-            object_id,
+            object_id: row.object_id,
             pseudonym: row.pseudonym,
             sop_uid: row.sop_uid,
             study_uid: row.study_uid,
             sop_class: row.sop_class,
             duplicate: !fresh,
-            pseudonym_from_study: from_study,
+            pseudonym_from_study,
         })
     }
 

@@ -228,6 +228,17 @@ pub fn post_parts(
     parts: &[(&str, Vec<u8>)],
     dir: &Path,
 ) -> (String, String, String) {
+    post_parts_to(s, cert, "/dicomweb/studies", parts, dir)
+}
+
+/// Like [`post_parts`], to another path.
+pub fn post_parts_to(
+    s: &Server,
+    cert: &Path,
+    path: &str,
+    parts: &[(&str, Vec<u8>)],
+    dir: &Path,
+) -> (String, String, String) {
     let boundary = "hbs-test-boundary-2";
     let mut body = Vec::new();
     for (ct, bytes) in parts {
@@ -256,7 +267,7 @@ pub fn post_parts(
         ])
         .arg("--data-binary")
         .arg(format!("@{}", body_file.display()))
-        .arg(format!("https://127.0.0.1:{}/dicomweb/studies", s.port))
+        .arg(format!("https://127.0.0.1:{}{path}", s.port))
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).to_string();

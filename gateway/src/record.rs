@@ -1,0 +1,128 @@
+//! Recording in the audit log, fail closed: what an action is about to do is appended
+//! (durably) before its effect is committed; when the append fails, the effect is not
+//! carried out and the caller answers 503. Shared by the gateway's routes and the local
+//! command line, so both record the same events.
+
+use audit::{Actor, AuditLog, NewEvent};
+use certs::Principal;
+use vault::pseudonym::SiteId;
+use vault::vault::{Ingested, Prepared, Vault, VaultError};
+
+/// The request an event belongs to (a random ID, also sent back as `x-request-id`).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// A fresh random request ID.
+    pub fn new() -> Self {
+        let mut b = [0u8; 12];
+        // Only fails if the OS has no randomness; an all-zero ID still works as a label.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        RequestId(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The actor of a verified certificate.
+pub fn actor(p: &Principal) -> Actor {
+    Actor {
+        role: p.role.as_str().to_string(),
+        site: p.site.clone(),
+        name: p.name.clone(),
+        serial: p.serial.clone(),
+    }
+}
+
+/// An event of `actor` in request `rid`.
+pub fn event(
+    actor: &Actor,
+    rid: &str,
+    action: &str,
+    resource: &str,
+    decision: &str,
+    rule: &str,
+    outcome: &str,
+) -> NewEvent {
+    NewEvent {
+        actor: actor.clone(),
+        action: action.into(),
+        resource: resource.into(),
+        decision: decision.into(),
+        rule: rule.into(),
+        outcome: outcome.into(),
+        request_id: rid.into(),
+    }
+}
+
+/// Why a recorded ingest did not happen at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotRecorded(pub audit::AuditError);
+
+/// One contributed instance, recorded before it is stored: the event
+/// `contribution.instance` says `accepted` (resource: pseudonym/study/SOP instance, all
+/// pseudonymized), `quarantined` or `rejected` with the reason; when storing then fails, a
+/// second event says `failed`. Returns the vault's answer and the (first) event, or [`NotRecorded`] when the log could not record it (nothing was stored).
+#[allow(clippy::too_many_arguments)]
+pub async fn ingest(
+    vault: &Vault,
+    log: &AuditLog,
+    actor: &Actor,
+    rid: &str,
+    site: &SiteId,
+    bytes: Vec<u8>,
+    study: Option<&str>,
+    rule: &str,
+) -> Result<(Result<Ingested, VaultError>, audit::Event), NotRecorded> {
+    const ACTION: &str = "contribution.instance";
+    let ev = |resource: &str, decision: &str, outcome: &str| {
+        event(actor, rid, ACTION, resource, decision, rule, outcome)
+    };
+    let site_res = format!("site {site}");
+    match vault.prepare(site, bytes, study).await {
+        Err(e) => {
+            let (decision, outcome) = match e {
+                VaultError::Deid(_) | VaultError::OtherStudy | VaultError::Withdrawn(_) => {
+                    ("deny", format!("rejected: {e}"))
+                }
+                _ => ("allow", format!("failed: {e}")),
+            };
+            let recorded = log
+                .append(ev(&site_res, decision, &outcome))
+                .await
+                .map_err(NotRecorded)?;
+            Ok((Err(e), recorded))
+        }
+        Ok(Prepared::Quarantined { reason, pseudonym }) => {
+            let recorded = log
+                .append(ev(
+                    &format!("patient {pseudonym}"),
+                    "deny",
+                    &format!("quarantined: {reason}"),
+                ))
+                .await
+                .map_err(NotRecorded)?;
+            Ok((Ok(Ingested::Quarantined { reason, pseudonym }), recorded))
+        }
+        Ok(Prepared::Ready(r)) => {
+            let resource = format!("{}/{}/{}", r.row.pseudonym, r.row.study_uid, r.row.sop_uid);
+            let recorded = log
+                .append(ev(&resource, "allow", "accepted"))
+                .await
+                .map_err(NotRecorded)?;
+            let result = vault.commit(*r).await;
+            if let Err(e) = &result {
+                // Best effort: the accepted event is already there; say it did not land.
+                let _ = log
+                    .append(ev(&resource, "allow", &format!("failed: {e}")))
+                    .await;
+            }
+            Ok((result, recorded))
+        }
+    }
+}
