@@ -251,6 +251,16 @@ impl AuditLog {
             .map_err(AuditError::NotRecorded)
     }
 
+    /// Appends many events in one transaction, bypassing the group-commit queue (bulk
+    /// loads, benchmarks). Same numbering, hashing and locking as [`AuditLog::append`].
+    pub async fn append_batch(&self, news: Vec<NewEvent>) -> Result<Vec<Event>, AuditError> {
+        let events = commit(&self.inner.pool, now_ms(), news).await?;
+        if let Some(last) = events.last() {
+            self.inner.size.fetch_max(last.seq + 1, Ordering::SeqCst);
+        }
+        Ok(events)
+    }
+
     /// Events durably recorded, as this process last saw them (other processes may have
     /// appended since: see [`AuditLog::refresh_size`]).
     pub fn size(&self) -> u64 {
@@ -673,6 +683,40 @@ async fn writer(
     }
 }
 
+const EVENT_COLUMNS: &str =
+    "seq, time_ms, role, site, name, serial, action, resource, decision, request_id, entry";
+const HASH_COLUMNS: &str = "idx, hash";
+
+fn chunk_len(left: usize) -> usize {
+    [64, 16, 4, 1].into_iter().find(|k| *k <= left).unwrap_or(1)
+}
+
+/// `INSERT INTO table (columns) VALUES ($1, ...), ...` for `rows` rows; built once per
+/// shape and kept, so it is the same string (and prepared statement) every time.
+fn insert_sql(table: &'static str, columns: &'static str, rows: usize) -> &'static str {
+    use std::sync::OnceLock;
+    static CACHE: OnceLock<Mutex<HashMap<(&'static str, usize), &'static str>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    c.entry((table, rows)).or_insert_with(|| {
+        let n = columns.split(',').count();
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let marks: Vec<String> = (1..=n).map(|i| format!("${}", r * n + i)).collect();
+                format!("({})", marks.join(","))
+            })
+            .collect();
+        // Leaked once per shape: at most eight small strings for the process's life.
+        Box::leak(
+            format!(
+                "INSERT INTO {table} ({columns}) VALUES {}",
+                values.join(",")
+            )
+            .into_boxed_str(),
+        )
+    })
+}
+
 /// Numbers `news` after the last event in the database and writes them and their tree
 /// hashes in one transaction, holding the database's write lock from the moment the last
 /// number is read (`BEGIN IMMEDIATE` on SQLite, a transaction-scoped advisory lock on
@@ -755,32 +799,13 @@ async fn write_locked(
         }
         entries.push(String::from_utf8(entry).unwrap_or_default());
     }
-    for (chunk_events, chunk_entries) in events.chunks(400).zip(entries.chunks(400)) {
-        let mut sql = String::from(
-            "INSERT INTO audit_events (seq, time_ms, role, site, name, serial, action, resource, decision, request_id, entry) VALUES ",
-        );
-        for i in 0..chunk_events.len() {
-            let b = i * 11;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 11
-            ));
-        }
-        let mut q = sqlx::query(&sql);
-        for (e, entry) in chunk_events.iter().zip(chunk_entries) {
+    // Rows go in multi-row INSERTs of a few fixed shapes (64, 16, 4, 1 rows), so the
+    // database's prepared statements are reused batch after batch.
+    let mut at = 0;
+    while at < events.len() {
+        let k = chunk_len(events.len() - at);
+        let mut q = sqlx::query(insert_sql("audit_events", EVENT_COLUMNS, k));
+        for (e, entry) in events[at..at + k].iter().zip(&entries[at..at + k]) {
             q = q
                 .bind(e.seq as i64)
                 .bind(e.time_ms as i64)
@@ -795,20 +820,17 @@ async fn write_locked(
                 .bind(entry.clone());
         }
         q.execute(&mut **conn).await?;
+        at += k;
     }
-    for chunk in new_hashes.chunks(1000) {
-        let mut sql = String::from("INSERT INTO audit_hashes (idx, hash) VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("(${},${})", i * 2 + 1, i * 2 + 2));
-        }
-        let mut q = sqlx::query(&sql);
-        for (i, h) in chunk {
+    let mut at = 0;
+    while at < new_hashes.len() {
+        let k = chunk_len(new_hashes.len() - at);
+        let mut q = sqlx::query(insert_sql("audit_hashes", HASH_COLUMNS, k));
+        for (i, h) in &new_hashes[at..at + k] {
             q = q.bind(*i as i64).bind(h.0.to_vec());
         }
         q.execute(&mut **conn).await?;
+        at += k;
     }
     Ok(events)
 }

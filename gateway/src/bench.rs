@@ -518,6 +518,19 @@ pub async fn run(
 - gdcmanon's E.1.1 mode stores the original attributes, encrypted with the certificate, inside each output: the closest GDCM comes to a profile-based de-identifier. dicom-object's figure is reading and writing a file with no change, on the files it can read.\n\
 - Peak memory is the maximum resident set size of a `hbs deid` process (from /proc), which streams one file at a time; what grows with the corpus is its in-memory report, about 0.5 KB per file.\n",
     );
+    // Keep the audit log's section (written by `hbs audit bench`).
+    if let Ok(old) = std::fs::read_to_string(report) {
+        if let (Some(a), Some(b)) = (
+            old.find(crate::audit_bench::START),
+            old.find(crate::audit_bench::END),
+        ) {
+            if b > a {
+                md.push('\n');
+                md.push_str(&old[a..b + crate::audit_bench::END.len()]);
+                md.push('\n');
+            }
+        }
+    }
     std::fs::write(report, &md)?;
     println!("{md}");
     Ok(())

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod audit_bench;
 mod audit_cli;
 mod audit_routes;
 mod bench;
@@ -311,6 +312,22 @@ enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure appends (1, 16, 64 writers), proofs and verification; writes its section
+    /// of BENCHMARKS.md.
+    Bench {
+        /// Scratch folder.
+        #[arg(long, default_value = "target/audit-bench")]
+        work: PathBuf,
+        /// Also measure appends on this PostgreSQL (a fresh database is created in it).
+        #[arg(long)]
+        pg: Option<String>,
+        /// Also measure proofs at this log size (beyond the 1 million always measured).
+        #[arg(long, default_value_t = 0)]
+        big: u64,
+        /// The report to update.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        report: PathBuf,
+    },
     /// List events (auditors), each inclusion proof checked against the signed checkpoint.
     Events {
         #[command(flatten)]
@@ -607,6 +624,16 @@ async fn run(cli: Cli) -> Result<()> {
                 audit_cli::verify_online(&c, &kept, audit_key.as_deref()).await
             }
         },
+        Cmd::Audit(AuditCmd::Bench {
+            work,
+            pg,
+            big,
+            report,
+        }) => {
+            let r = audit_bench::run(&work, pg, big, &report).await;
+            let _ = std::fs::remove_dir_all(&work);
+            r
+        }
         Cmd::Audit(AuditCmd::Events {
             client,
             role,

@@ -400,3 +400,94 @@ fn receipts_prove_their_events_and_hbs_audit_verify_checks_the_log() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("event 2:"), "{out}");
 }
+
+/// Key rotation, crypto-shredding, export, certificate issue and revocation, run by the
+/// operator on the host, are recorded before they act; the log still verifies.
+#[test]
+fn operator_commands_are_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let corpus = d.path().join("corpus");
+    synth(&corpus, 1);
+    let run = |args: &[&str]| {
+        let o = hbs().args(args).arg("--data").arg(&data).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    run(&["init"]);
+    let out = run(&[
+        "ingest",
+        "--site",
+        "SITE_A",
+        "--in",
+        corpus.to_str().unwrap(),
+    ]);
+    let pseudonym = out
+        .split('"')
+        .find(|s| s.starts_with("PN-"))
+        .expect("ingest prints pseudonyms")
+        .to_string();
+    run(&["vault", "rotate-kek"]);
+    run(&[
+        "vault",
+        "export",
+        "--out",
+        d.path().join("export").to_str().unwrap(),
+    ]);
+    run(&["vault", "withdraw", "--patient", &pseudonym]);
+    run(&[
+        "ca",
+        "issue",
+        "--role",
+        "auditor",
+        "--name",
+        "ann",
+        "--out",
+        d.path().join("ann").to_str().unwrap(),
+    ]);
+    run(&[
+        "ca",
+        "revoke",
+        "--cert",
+        d.path().join("ann/cert.pem").to_str().unwrap(),
+    ]);
+    let db = format!("sqlite://{}", data.join("hbs.db").display());
+    let actions = query_column(&db, "SELECT action FROM audit_events ORDER BY seq");
+    for a in [
+        "contribution.instance",
+        "vault.rotate-kek",
+        "vault.export",
+        "vault.withdraw (crypto-shredding)",
+        "ca.issue",
+        "ca.revoke",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} not recorded: {actions:?}"
+        );
+    }
+    let o = hbs()
+        .args(["audit", "verify", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+fn query_column(url: &str, q: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(url).await.unwrap();
+        let rows = sqlx::query(q).fetch_all(&mut c).await.unwrap();
+        rows.iter().map(|r| r.get::<String, _>(0)).collect()
+    })
+}
