@@ -467,18 +467,12 @@ impl AuditLog {
             .collect()
     }
 
-    /// Everything the verifier needs, read from the database in order: calls `row` for
-    /// each event row (seq, entry, the copied columns), then returns the stored leaf
-    /// hashes by position and every checkpoint note.
-    pub async fn scan(
-        &self,
-        mut row: impl FnMut(StoredRow),
-    ) -> Result<(HashMap<u64, Hash>, Vec<String>), AuditError> {
+    /// Calls `row(seq, entry)` for every stored event, in order.
+    pub async fn scan_entries(&self, mut row: impl FnMut(u64, &[u8])) -> Result<(), AuditError> {
         let mut after: i64 = -1;
         loop {
             let rows = sqlx::query(
-                "SELECT seq, entry, role, site, name, serial, action, resource, decision
-                 FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 20000",
+                "SELECT seq, entry FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 50000",
             )
             .bind(after)
             .fetch_all(&self.inner.pool)
@@ -488,29 +482,80 @@ impl AuditLog {
             }
             for r in rows {
                 after = r.get(0);
-                row(StoredRow {
-                    seq: after as u64,
-                    entry: r.get(1),
-                    columns: [
-                        r.get(2),
-                        r.get::<Option<String>, _>(3).unwrap_or_default(),
-                        r.get(4),
-                        r.get(5),
-                        r.get(6),
-                        r.get(7),
-                        r.get(8),
-                    ],
-                });
+                let entry: &str = r.get(1);
+                row(after as u64, entry.as_bytes());
             }
         }
-        // Leaf hashes as recorded when each event was appended (level 0 of the tree).
-        let mut leaves = HashMap::new();
-        let mut after: i64 = -1;
+        Ok(())
+    }
+
+    /// Events whose query columns disagree with their entry (compared by the database's
+    /// own JSON functions, so the verifier does not read every column).
+    pub async fn column_mismatches(&self) -> Result<Vec<u64>, AuditError> {
+        let j = |path: &str| match self.inner.engine {
+            Engine::Sqlite => format!("json_extract(entry, '$.{path}')"),
+            Engine::Postgres => {
+                let parts: Vec<&str> = path.split('.').collect();
+                let mut e = "(entry::jsonb)".to_string();
+                for (i, p) in parts.iter().enumerate() {
+                    e.push_str(if i + 1 == parts.len() { "->>" } else { "->" });
+                    e.push_str(&format!("'{p}'"));
+                }
+                e
+            }
+        };
+        let conds: Vec<String> = [
+            ("role", "actor.role"),
+            ("name", "actor.name"),
+            ("serial", "actor.serial"),
+            ("action", "action"),
+            ("resource", "resource"),
+            ("decision", "decision"),
+            ("request_id", "request_id"),
+        ]
+        .iter()
+        .map(|(col, path)| format!("{col} IS DISTINCT FROM {}", j(path)))
+        .chain(std::iter::once(format!(
+            "COALESCE(site, '') <> COALESCE({}, '')",
+            j("actor.site")
+        )))
+        .collect();
+        let mut sql = format!(
+            "SELECT seq FROM audit_events WHERE {} ORDER BY seq LIMIT 1000",
+            conds.join(" OR ")
+        );
+        if self.inner.engine == Engine::Sqlite {
+            sql = sql.replace(" IS DISTINCT FROM ", " IS NOT ");
+        }
+        Ok(sqlx::query(&sql)
+            .fetch_all(&self.inner.pool)
+            .await?
+            .into_iter()
+            .map(|r| r.get::<i64, _>(0) as u64)
+            .collect())
+    }
+
+    /// Leaf hashes recorded when events `from..to` were appended, by event number.
+    pub async fn recorded_leaves(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<HashMap<u64, Hash>, AuditError> {
+        let mut out = HashMap::new();
+        if from >= to {
+            return Ok(out);
+        }
+        let (lo, hi) = (
+            tree::stored_hash_index(0, from),
+            tree::stored_hash_index(0, to),
+        );
+        let mut after = lo as i64 - 1;
         loop {
             let rows = sqlx::query(
-                "SELECT idx, hash FROM audit_hashes WHERE idx > $1 ORDER BY idx LIMIT 50000",
+                "SELECT idx, hash FROM audit_hashes WHERE idx > $1 AND idx < $2 ORDER BY idx LIMIT 50000",
             )
             .bind(after)
+            .bind(hi as i64)
             .fetch_all(&self.inner.pool)
             .await?;
             if rows.is_empty() {
@@ -520,20 +565,42 @@ impl AuditLog {
                 after = r.get(0);
                 let (level, n) = tlog_tiles::tlog::split_stored_hash_index(after as u64);
                 if level == 0 {
-                    let h: Vec<u8> = r.get(1);
+                    let h: &[u8] = r.get(1);
                     if let Ok(h) = <[u8; 32]>::try_from(h) {
-                        leaves.insert(n, Hash(h));
+                        out.insert(n, Hash(h));
                     }
                 }
             }
         }
-        let notes = sqlx::query("SELECT note FROM audit_checkpoints ORDER BY size")
-            .fetch_all(&self.inner.pool)
-            .await?
-            .into_iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-        Ok((leaves, notes))
+        Ok(out)
+    }
+
+    /// Every stored checkpoint note, smallest first.
+    pub async fn checkpoint_notes(&self) -> Result<Vec<String>, AuditError> {
+        Ok(
+            sqlx::query("SELECT note FROM audit_checkpoints ORDER BY size")
+                .fetch_all(&self.inner.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect(),
+        )
+    }
+
+    /// Verifies the whole log with `verifier_key` (see [`crate::verify`]): recomputes the
+    /// tree from every entry, checks every checkpoint, and compares the leaves recorded at
+    /// append time wherever no matching signed checkpoint vouches for the events.
+    pub async fn verify(&self, verifier_key: &str) -> Result<crate::verify::Report, AuditError> {
+        let mut v = crate::verify::Verifier::new();
+        self.scan_entries(|seq, entry| v.push(seq, entry)).await?;
+        for seq in self.column_mismatches().await? {
+            v.column_mismatch(seq);
+        }
+        let notes = self.checkpoint_notes().await?;
+        let vouched = v.check_checkpoints(&notes, verifier_key);
+        let leaves = self.recorded_leaves(vouched, v.max_seq_plus_one()).await?;
+        v.check_recorded(vouched, &leaves);
+        Ok(v.report())
     }
 
     /// Waits for the writer to drain, signs a last checkpoint and closes the pool.
@@ -549,16 +616,6 @@ impl AuditLog {
             Engine::Postgres => "postgres",
         }
     }
-}
-
-/// One stored event row as the verifier sees it.
-pub struct StoredRow {
-    /// The row's sequence number.
-    pub seq: u64,
-    /// The canonical entry.
-    pub entry: String,
-    /// The copied columns: role, site, name, serial, action, resource, decision.
-    pub columns: [String; 7],
 }
 
 async fn migrate(pool: &AnyPool, engine: Engine) -> Result<(), AuditError> {

@@ -10,8 +10,6 @@
 
 use std::collections::HashMap;
 
-use crate::event::Event;
-use crate::log::StoredRow;
 use crate::note::{self, TreeHead};
 use crate::tree::{self, Hash, VecReader};
 
@@ -49,16 +47,21 @@ impl Report {
 /// Most problems listed in a report (all are counted).
 pub const MAX_PROBLEMS: usize = 100;
 
-/// Recomputes the log from its stored rows, in order.
+/// Recomputes the log from its stored entries, in order.
 pub struct Verifier {
     position: u64,
     stored: Vec<Hash>,
+    /// (row seq, recomputed leaf) of every row, in order.
+    rows: Vec<(u64, Hash)>,
     /// Leaves in the recomputed tree: stops growing at the first gap or disorder, after
     /// which positions no longer say which event a leaf is.
     leaves: u64,
     broken: bool,
+    checkpoint_problems: Vec<Problem>,
     problems: Vec<Problem>,
     count: u64,
+    checkpoints: usize,
+    latest: Option<u64>,
 }
 
 impl Default for Verifier {
@@ -67,16 +70,31 @@ impl Default for Verifier {
     }
 }
 
+/// The sequence number at the start of a canonical entry (`{"seq":N,...`), without
+/// parsing the rest.
+fn entry_seq(entry: &[u8]) -> Option<u64> {
+    let rest = entry.strip_prefix(b"{\"seq\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    if rest.get(end) != Some(&b',') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
 impl Verifier {
     /// An empty verifier.
     pub fn new() -> Self {
         Verifier {
             position: 0,
             stored: Vec::new(),
+            rows: Vec::new(),
             leaves: 0,
             broken: false,
+            checkpoint_problems: Vec::new(),
             problems: Vec::new(),
             count: 0,
+            checkpoints: 0,
+            latest: None,
         }
     }
 
@@ -87,67 +105,33 @@ impl Verifier {
         }
     }
 
-    /// The next stored row, with the leaf hash recorded for its sequence number when the
-    /// log appended it (if any).
-    pub fn push(&mut self, row: &StoredRow, recorded_leaf: Option<Hash>) {
+    /// The next stored entry and the sequence number of its row.
+    pub fn push(&mut self, seq: u64, entry: &[u8]) {
         let p = self.position;
-        if row.seq > p {
+        if seq > p {
             self.problem(
                 Some(p),
-                format!("events {p} to {} are missing (deleted)", row.seq - 1),
+                format!("events {p} to {} are missing (deleted)", seq - 1),
             );
             self.broken = true;
-            self.position = row.seq;
-        } else if row.seq < p {
-            self.problem(
-                Some(p),
-                format!("row {} is out of order or repeated", row.seq),
-            );
+            self.position = seq;
+        } else if seq < p {
+            self.problem(Some(p), format!("row {seq} is out of order or repeated"));
             self.broken = true;
         }
-        let p = row.seq;
-        match Event::from_entry(row.entry.as_bytes()) {
-            Err(_) => self.problem(
-                Some(p),
+        match entry_seq(entry) {
+            None => self.problem(
+                Some(seq),
                 "the stored event is not a readable event (edited)".into(),
             ),
-            Ok(e) => {
-                if e.seq != row.seq {
-                    self.problem(
-                        Some(p),
-                        format!(
-                            "row {} holds event {} (events moved or swapped)",
-                            row.seq, e.seq
-                        ),
-                    );
-                }
-                let empty = String::new();
-                let cols = [
-                    &e.actor.role,
-                    e.actor.site.as_ref().unwrap_or(&empty),
-                    &e.actor.name,
-                    &e.actor.serial,
-                    &e.action,
-                    &e.resource,
-                    &e.decision,
-                ];
-                if cols.iter().zip(row.columns.iter()).any(|(a, b)| *a != b) {
-                    self.problem(
-                        Some(p),
-                        "the query columns of the event disagree with the event (edited)".into(),
-                    );
-                }
-            }
-        }
-        let leaf = tree::record_hash(row.entry.as_bytes());
-        match recorded_leaf {
-            Some(r) if r == leaf => {}
-            Some(_) => self.problem(
-                Some(p),
-                format!("event {p} differs from the event recorded when it was appended (edited, swapped or replaced)"),
+            Some(e) if e != seq => self.problem(
+                Some(seq),
+                format!("row {seq} holds event {e} (events moved or swapped)"),
             ),
-            None => self.problem(Some(p), format!("no hash was recorded for event {p}")),
+            Some(_) => {}
         }
+        let leaf = tree::record_hash(entry);
+        self.rows.push((seq, leaf));
         if !self.broken {
             match tree::stored_hashes_for_leaf(self.leaves, leaf, &self.stored) {
                 Some(hs) => {
@@ -157,18 +141,31 @@ impl Verifier {
                 None => self.broken = true,
             }
         }
-        self.position = self.position.max(row.seq + 1);
+        self.position = self.position.max(seq + 1);
+    }
+
+    /// One past the largest sequence number seen.
+    pub fn max_seq_plus_one(&self) -> u64 {
+        self.position
+    }
+
+    /// An event whose query columns disagree with its entry.
+    pub fn column_mismatch(&mut self, seq: u64) {
+        self.problem(
+            Some(seq),
+            "the query columns of the event disagree with the event (edited)".into(),
+        );
     }
 
     /// Checks every checkpoint note against the recomputed tree and the verifier key.
-    pub fn finish(mut self, notes: &[String], verifier_key: &str) -> Report {
-        let mut latest = None;
-        // Checkpoint problems are listed first: they are what a rewritten history shows.
-        let event_problems = std::mem::take(&mut self.problems);
-        let event_count = std::mem::take(&mut self.count);
+    /// Returns how many leading events matching signed checkpoints vouch for.
+    pub fn check_checkpoints(&mut self, notes: &[String], verifier_key: &str) -> u64 {
+        self.checkpoints = notes.len();
+        let mut good = 0u64;
+        let mut first_bad: Option<u64> = None;
         for n in notes {
-            match note::open(n.as_bytes(), verifier_key) {
-                Err(e) => self.problem(None, format!("a checkpoint does not verify: {e}")),
+            let problem = match note::open(n.as_bytes(), verifier_key) {
+                Err(e) => Some(format!("a checkpoint does not verify: {e}")),
                 Ok(TreeHead { size, root, time }) => {
                     if size > self.leaves {
                         let why = if self.broken {
@@ -176,55 +173,79 @@ impl Verifier {
                         } else {
                             format!("only {} are stored (deleted)", self.leaves)
                         };
-                        self.problem(
-                            None,
-                            format!(
-                                "the checkpoint of {size} events (signed at {time}) covers events that are not stored in order: {why}"
-                            ),
-                        );
-                        continue;
+                        first_bad = Some(first_bad.map_or(size, |b| b.min(size)));
+                        Some(format!(
+                            "the checkpoint of {size} events (signed at {time}) covers events that are not stored in order: {why}"
+                        ))
+                    } else if tree::tree_hash(size, &VecReader(&self.stored)).ok() != Some(root) {
+                        first_bad = Some(first_bad.map_or(size, |b| b.min(size)));
+                        Some(format!(
+                            "the checkpoint of {size} events (signed at {time}) does not match the stored events: the history before it was rewritten"
+                        ))
+                    } else {
+                        good = good.max(size);
+                        None
                     }
-                    let ours = tree::tree_hash(size, &VecReader(&self.stored));
-                    if ours.ok() != Some(root) {
-                        self.problem(
-                            None,
-                            format!(
-                                "the checkpoint of {size} events (signed at {time}) does not match the stored events: the history before it was rewritten"
-                            ),
-                        );
-                    } else if latest.is_none_or(|l| l < size) {
-                        latest = Some(size);
-                    }
+                }
+            };
+            if let Some(what) = problem {
+                self.count += 1;
+                if self.checkpoint_problems.len() < MAX_PROBLEMS {
+                    self.checkpoint_problems.push(Problem {
+                        position: None,
+                        what,
+                    });
                 }
             }
         }
-        for p in event_problems {
-            if self.problems.len() < MAX_PROBLEMS {
-                self.problems.push(p);
+        // A matching checkpoint vouches for its prefix only below the first bad one.
+        let vouched = match first_bad {
+            Some(b) => good.min(b),
+            None => good,
+        };
+        self.latest = (good > 0).then_some(good);
+        vouched
+    }
+
+    /// Compares, for rows numbered `from` on, each recomputed leaf with the leaf recorded
+    /// when the event was appended.
+    pub fn check_recorded(&mut self, from: u64, recorded: &HashMap<u64, Hash>) {
+        let rows: Vec<(u64, Hash)> = self
+            .rows
+            .iter()
+            .filter(|(seq, _)| *seq >= from)
+            .copied()
+            .collect();
+        for (seq, leaf) in rows {
+            match recorded.get(&seq) {
+                Some(r) if *r == leaf => {}
+                Some(_) => self.problem(
+                    Some(seq),
+                    format!("event {seq} differs from the event recorded when it was appended (edited, swapped or replaced)"),
+                ),
+                None => self.problem(Some(seq), format!("no hash was recorded for event {seq}")),
+            }
+        }
+    }
+
+    /// The report: checkpoint problems first, then events in order.
+    pub fn report(self) -> Report {
+        let mut problems = self.checkpoint_problems;
+        let mut events = self.problems;
+        events.sort_by_key(|p| p.position);
+        for p in events {
+            if problems.len() < MAX_PROBLEMS {
+                problems.push(p);
             }
         }
         Report {
             events: self.position,
-            checkpoints: notes.len(),
-            latest_size: latest,
-            problems: self.problems,
-            problem_count: self.count + event_count,
+            checkpoints: self.checkpoints,
+            latest_size: self.latest,
+            problems,
+            problem_count: self.count,
         }
     }
-}
-
-/// Verifies the stored rows (in order), their recorded leaves and the checkpoints.
-pub fn verify_rows<'a>(
-    rows: impl IntoIterator<Item = &'a StoredRow>,
-    recorded: &HashMap<u64, Hash>,
-    notes: &[String],
-    verifier_key: &str,
-) -> Report {
-    let mut v = Verifier::new();
-    for r in rows {
-        v.push(r, recorded.get(&r.seq).copied());
-    }
-    v.finish(notes, verifier_key)
 }
 
 /// Checks that the log a kept checkpoint `old` describes is a prefix of the one `new`

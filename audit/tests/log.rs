@@ -80,9 +80,7 @@ fn event(i: usize) -> NewEvent {
 }
 
 async fn verify(log: &AuditLog) -> audit::verify::Report {
-    let mut rows = Vec::new();
-    let (leaves, notes) = log.scan(|r| rows.push(r)).await.unwrap();
-    audit::verify::verify_rows(&rows, &leaves, &notes, log.verifier_key())
+    log.verify(log.verifier_key()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +201,18 @@ async fn appends_checkpoints_proofs_and_tampering_on_every_database() {
         // Someone bypasses the triggers (drops them) and tampers: one byte of event 17,
         // event 40 deleted... each reported with its position.
         drop_triggers(&mut conn, engine).await;
+        // A query column edited alone (the entry untouched) misleads searches: reported.
+        conn.execute("UPDATE audit_events SET resource = 'elsewhere' WHERE seq = 5")
+            .await
+            .unwrap();
+        let r = verify(&log).await;
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.position == Some(5) && p.what.contains("query columns")),
+            "{engine}: {:?}",
+            r.problems
+        );
         conn.execute("UPDATE audit_events SET entry = replace(entry, '\"outcome\":\"ok\"', '\"outcome\":\"ko\"') WHERE seq = 17")
             .await
             .unwrap();

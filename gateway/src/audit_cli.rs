@@ -36,9 +36,7 @@ pub async fn verify_offline(
             .unwrap_or(dir.join("key.pub")),
     )?;
     let log = audit::AuditLog::open_for_reading(&cfg.database_url(), &dir).await?;
-    let mut rows = Vec::new();
-    let (leaves, notes) = log.scan(|r| rows.push(r)).await?;
-    let report = audit::verify::verify_rows(&rows, &leaves, &notes, &vkey);
+    let report = log.verify(&vkey).await?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
