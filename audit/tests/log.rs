@@ -289,6 +289,27 @@ async fn appends_checkpoints_proofs_and_tampering_on_every_database() {
             "one problem per tampering, not a cascade: {:?}",
             r.problems
         );
+        // One inserted at the end, without its hashes: reported.
+        let last: String = sqlx::Row::get(
+            &sqlx::query("SELECT entry FROM audit_events WHERE seq = 299")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap(),
+            0,
+        );
+        sqlx::query("INSERT INTO audit_events (seq, time_ms, role, site, name, serial, action, resource, decision, request_id, entry) SELECT 300, time_ms, role, site, name, serial, action, resource, decision, request_id, $1 FROM audit_events WHERE seq = 299")
+            .bind(last.replace("\"seq\":299", "\"seq\":300"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let r = verify(&log).await;
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.position == Some(300) && p.what.contains("no hash")),
+            "{engine}: {:?}",
+            r.problems
+        );
         conn.close().await.unwrap();
         log.close().await;
     }
