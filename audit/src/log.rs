@@ -228,6 +228,9 @@ impl AuditLog {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let Some(inner) = weak.upgrade() else { break };
+                if inner.pool.is_closed() {
+                    break;
+                }
                 let log = AuditLog { inner };
                 if let Err(e) = log.checkpoint().await {
                     tracing::error!(error = %e, "audit checkpoint failed");
@@ -254,7 +257,7 @@ impl AuditLog {
     /// Appends many events in one transaction, bypassing the group-commit queue (bulk
     /// loads, benchmarks). Same numbering, hashing and locking as [`AuditLog::append`].
     pub async fn append_batch(&self, news: Vec<NewEvent>) -> Result<Vec<Event>, AuditError> {
-        let events = commit(&self.inner.pool, now_ms(), news).await?;
+        let events = commit(&self.inner.pool, now_ms(), news, &mut None).await?;
         if let Some(last) = events.last() {
             self.inner.size.fetch_max(last.seq + 1, Ordering::SeqCst);
         }
@@ -702,6 +705,10 @@ async fn writer(
     size: Arc<AtomicU64>,
     mut jsonl: tracing_appender::rolling::RollingFileAppender,
 ) {
+    // The roots of the perfect subtrees of the log as this writer last committed it:
+    // all the next append needs, so appends read no hashes back while no other process
+    // writes the log.
+    let mut frontier: Frontier = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -712,7 +719,7 @@ async fn writer(
         }
         let time = now_ms();
         let (news, replies): (Vec<NewEvent>, Vec<_>) = batch.into_iter().unzip();
-        match commit(&pool, time, news).await {
+        match commit(&pool, time, news, &mut frontier).await {
             Ok(events) => {
                 let end = events.last().map(|e| e.seq + 1).unwrap_or(0);
                 size.fetch_max(end, Ordering::SeqCst);
@@ -779,7 +786,15 @@ fn insert_sql(table: &'static str, columns: &'static str, rows: usize) -> &'stat
 /// number is read (`BEGIN IMMEDIATE` on SQLite, a transaction-scoped advisory lock on
 /// PostgreSQL): other processes appending to the same log (the command line beside a
 /// running gateway) are serialized, never interleaved.
-async fn commit(pool: &AnyPool, time: u64, news: Vec<NewEvent>) -> Result<Vec<Event>, AuditError> {
+/// (tree size, the stored hashes of its perfect subtrees' roots).
+type Frontier = Option<(u64, HashMap<u64, Hash>)>;
+
+async fn commit(
+    pool: &AnyPool,
+    time: u64,
+    news: Vec<NewEvent>,
+    frontier: &mut Frontier,
+) -> Result<Vec<Event>, AuditError> {
     let mut conn = pool.acquire().await?;
     let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
     if sqlite {
@@ -788,10 +803,11 @@ async fn commit(pool: &AnyPool, time: u64, news: Vec<NewEvent>) -> Result<Vec<Ev
         conn.execute("BEGIN").await?;
         conn.execute("SELECT pg_advisory_xact_lock(7202)").await?;
     }
-    let result = write_locked(&mut conn, time, news).await;
+    let result = write_locked(&mut conn, time, news, frontier.take()).await;
     match result {
-        Ok(events) => {
+        Ok((events, next)) => {
             conn.execute("COMMIT").await?;
+            *frontier = Some(next);
             Ok(events)
         }
         Err(e) => {
@@ -805,7 +821,8 @@ async fn write_locked(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
     time: u64,
     news: Vec<NewEvent>,
-) -> Result<Vec<Event>, AuditError> {
+    frontier: Frontier,
+) -> Result<(Vec<Event>, (u64, HashMap<u64, Hash>)), AuditError> {
     let start: i64 = sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events")
         .fetch_one(&mut **conn)
         .await?
@@ -824,7 +841,11 @@ async fn write_locked(
         .collect();
     need.sort_unstable();
     need.dedup();
-    let mut known: HashMap<u64, Hash> = HashMap::new();
+    let mut known: HashMap<u64, Hash> = match frontier {
+        Some((size, map)) if size == start => map,
+        _ => HashMap::new(),
+    };
+    need.retain(|i| !known.contains_key(i));
     for chunk in need.chunks(500) {
         let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
@@ -889,5 +910,10 @@ async fn write_locked(
         q.execute(&mut **conn).await?;
         at += k;
     }
-    Ok(events)
+    let end = start + events.len() as u64;
+    let next: HashMap<u64, Hash> = tree::root_needs(end)
+        .into_iter()
+        .filter_map(|i| known.get(&i).map(|h| (i, *h)))
+        .collect();
+    Ok((events, (end, next)))
 }
