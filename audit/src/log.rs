@@ -87,10 +87,15 @@ pub struct Filter {
     pub limit: u64,
 }
 
-type Pending = (
-    NewEvent,
-    tokio::sync::oneshot::Sender<Result<Event, String>>,
-);
+/// What the writer task is given: an event to append, or events committed elsewhere
+/// (in another transaction, see [`AuditLog::append_within`]) to copy to the JSON lines.
+enum Pending {
+    Append(
+        NewEvent,
+        tokio::sync::oneshot::Sender<Result<Event, String>>,
+    ),
+    Copy(Vec<Event>),
+}
 
 /// Most events committed in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -246,12 +251,39 @@ impl AuditLog {
         let (reply, wait) = tokio::sync::oneshot::channel();
         self.inner
             .tx
-            .send((e, reply))
+            .send(Pending::Append(Box::new(e), reply))
             .await
             .map_err(|_| AuditError::NotRecorded("the audit writer has stopped".into()))?;
         wait.await
             .map_err(|_| AuditError::NotRecorded("the audit writer has stopped".into()))?
             .map_err(AuditError::NotRecorded)
+    }
+
+    /// Appends `e` inside a transaction the caller holds on the same database (opened
+    /// with BEGIN on `conn`), so that the event commits with the caller's own writes or
+    /// not at all. Takes the log's write lock in that transaction. Once the caller has
+    /// committed, it hands the event to [`AuditLog::committed`] for the JSON-lines copy.
+    pub async fn append_within(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        e: NewEvent,
+    ) -> Result<Event, AuditError> {
+        if self.inner.engine == Engine::Postgres {
+            conn.execute("SELECT pg_advisory_xact_lock(7202)").await?;
+        }
+        let (mut events, _) = write_locked(conn, now_ms(), vec![e], None).await?;
+        events
+            .pop()
+            .ok_or_else(|| AuditError::NotRecorded("no event written".into()))
+    }
+
+    /// Events appended with [`AuditLog::append_within`] whose transaction committed:
+    /// counted, and copied to the JSON lines.
+    pub async fn committed(&self, events: Vec<Event>) {
+        if let Some(last) = events.last() {
+            self.inner.size.fetch_max(last.seq + 1, Ordering::SeqCst);
+        }
+        let _ = self.inner.tx.send(Pending::Copy(events)).await;
     }
 
     /// Appends many events in one transaction, bypassing the group-commit queue (bulk
@@ -709,13 +741,32 @@ async fn writer(
     // all the next append needs, so appends read no hashes back while no other process
     // writes the log.
     let mut frontier: Frontier = None;
+    let mut write_lines = |events: &[Event]| {
+        // The second sink, written synchronously after the durable commit. A failure
+        // here is reported; the database copy is the one of record.
+        let mut lines = Vec::new();
+        for e in events {
+            lines.extend_from_slice(&e.entry());
+            lines.push(b'\n');
+        }
+        if let Err(e) = jsonl.write_all(&lines).and_then(|_| jsonl.flush()) {
+            tracing::error!(error = %e, "audit JSON-lines file could not be written");
+        }
+    };
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            match p {
+                Pending::Append(e, r) => batch.push((*e, r)),
+                Pending::Copy(events) => write_lines(&events),
             }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let time = now_ms();
         let (news, replies): (Vec<NewEvent>, Vec<_>) = batch.into_iter().unzip();
@@ -723,16 +774,7 @@ async fn writer(
             Ok(events) => {
                 let end = events.last().map(|e| e.seq + 1).unwrap_or(0);
                 size.fetch_max(end, Ordering::SeqCst);
-                // The second sink, written synchronously after the durable commit. A
-                // failure here is reported; the database copy is the one of record.
-                let mut lines = Vec::new();
-                for e in &events {
-                    lines.extend_from_slice(&e.entry());
-                    lines.push(b'\n');
-                }
-                if let Err(e) = jsonl.write_all(&lines).and_then(|_| jsonl.flush()) {
-                    tracing::error!(error = %e, "audit JSON-lines file could not be written");
-                }
+                write_lines(&events);
                 for (e, r) in events.into_iter().zip(replies) {
                     let _ = r.send(Ok(e));
                 }
@@ -818,13 +860,13 @@ async fn commit(
 }
 
 async fn write_locked(
-    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     time: u64,
     news: Vec<NewEvent>,
     frontier: Frontier,
 ) -> Result<(Vec<Event>, (u64, HashMap<u64, Hash>)), AuditError> {
     let start: i64 = sqlx::query("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_events")
-        .fetch_one(&mut **conn)
+        .fetch_one(&mut *conn)
         .await?
         .get(0);
     let start = start as u64;
@@ -856,7 +898,7 @@ async fn write_locked(
         for i in chunk {
             q = q.bind(*i as i64);
         }
-        for r in q.fetch_all(&mut **conn).await? {
+        for r in q.fetch_all(&mut *conn).await? {
             let h: Vec<u8> = r.get(1);
             let h: [u8; 32] = h
                 .try_into()
@@ -897,7 +939,7 @@ async fn write_locked(
                 .bind(e.request_id.clone())
                 .bind(entry.clone());
         }
-        q.execute(&mut **conn).await?;
+        q.execute(&mut *conn).await?;
         at += k;
     }
     let mut at = 0;
@@ -907,7 +949,7 @@ async fn write_locked(
         for (i, h) in &new_hashes[at..at + k] {
             q = q.bind(*i as i64).bind(h.0.to_vec());
         }
-        q.execute(&mut **conn).await?;
+        q.execute(&mut *conn).await?;
         at += k;
     }
     let end = start + events.len() as u64;

@@ -3,6 +3,8 @@
 //! carried out and the caller answers 503. Shared by the gateway's routes and the local
 //! command line, so both record the same events.
 
+use std::sync::{Arc, Mutex};
+
 use audit::{Actor, AuditLog, NewEvent};
 use certs::Principal;
 use vault::pseudonym::SiteId;
@@ -64,10 +66,11 @@ pub fn event(
 #[error("{0}")]
 pub struct NotRecorded(pub audit::AuditError);
 
-/// One contributed instance, recorded before it is stored: the event
-/// `contribution.instance` says `accepted` (resource: pseudonym/study/SOP instance, all
-/// pseudonymized), `quarantined` or `rejected` with the reason; when storing then fails, a
-/// second event says `failed`. Returns the vault's answer and the (first) event, or [`NotRecorded`] when the log could not record it (nothing was stored).
+/// One contributed instance and its event `contribution.instance` (resource:
+/// pseudonym/study/SOP instance, all pseudonymized): `stored` (or `already stored`),
+/// committed in the same database transaction as the catalogue row, so both commit or
+/// neither does; `quarantined` or `rejected` with the reason when nothing is stored; and
+/// `failed, nothing stored` when the commit failed. Returns the vault's answer and the (first) event, or [`NotRecorded`] when the log could not record it (nothing was stored).
 #[allow(clippy::too_many_arguments)]
 pub async fn ingest(
     vault: &Vault,
@@ -110,19 +113,51 @@ pub async fn ingest(
             Ok((Ok(Ingested::Quarantined { reason, pseudonym }), recorded))
         }
         Ok(Prepared::Ready(r)) => {
+            // The event commits in the same transaction as the catalogue row: both or
+            // neither. (The blob is made durable before; without its row it is an
+            // unreferenced ciphertext.)
             let resource = format!("{}/{}/{}", r.row.pseudonym, r.row.study_uid, r.row.sop_uid);
-            let recorded = log
-                .append(ev(&resource, "allow", "accepted"))
-                .await
-                .map_err(NotRecorded)?;
-            let result = vault.commit(*r).await;
-            if let Err(e) = &result {
-                // Best effort: the accepted event is already there; say it did not land.
-                let _ = log
-                    .append(ev(&resource, "allow", &format!("failed: {e}")))
-                    .await;
+            let slot: Arc<Mutex<Option<audit::Event>>> = Arc::default();
+            let (log2, slot2) = (log.clone(), slot.clone());
+            let (stored, again) = (
+                ev(&resource, "allow", "stored"),
+                ev(&resource, "allow", "already stored (same instance)"),
+            );
+            let hook: vault::catalog::InTx = Box::new(move |conn, fresh| {
+                Box::pin(async move {
+                    let e = log2
+                        .append_within(conn, if fresh { stored } else { again })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    Ok(())
+                })
+            });
+            let result = vault.commit_with(*r, Some(hook)).await;
+            let recorded = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match (result, recorded) {
+                (Ok(ingested), Some(event)) => {
+                    log.committed(vec![event.clone()]).await;
+                    Ok((Ok(ingested), event))
+                }
+                (result, _) => {
+                    // Nothing committed: neither the row nor its event. Say so in the
+                    // log if it can be said; if not, the log itself is what failed.
+                    let err = match result {
+                        Err(e) => e,
+                        Ok(_) => VaultError::Internal("the instance's event is missing".into()),
+                    };
+                    let recorded = log
+                        .append(ev(
+                            &resource,
+                            "allow",
+                            &format!("failed, nothing stored: {err}"),
+                        ))
+                        .await
+                        .map_err(NotRecorded)?;
+                    Ok((Err(err), recorded))
+                }
             }
-            Ok((result, recorded))
         }
     }
 }

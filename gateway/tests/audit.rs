@@ -157,8 +157,32 @@ fn nothing_is_done_when_the_log_cannot_record() {
         .unwrap();
     assert!(!o.status.success(), "an unrecorded key rotation is refused");
 
-    // Writable again: the same upload is stored.
+    // Only the instance's own event cannot be written (the request's is): the catalogue
+    // row, committed in the same transaction, is rolled back with it.
     sql(&db, "DROP TRIGGER block_audit");
+    sql(
+        &db,
+        "CREATE TRIGGER block_stored BEFORE INSERT ON audit_events WHEN NEW.action = 'contribution.instance' AND NEW.entry LIKE '%\"outcome\":\"stored\"%' BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    );
+    let (code, body, _) = post_parts(
+        &s,
+        &provider,
+        &[("application/dicom", std::fs::read(&files[0]).unwrap())],
+        d.path(),
+    );
+    assert_eq!(code, "503", "{body}");
+    assert_eq!(stats(&data)["instances"], 0, "the row went with its event");
+    let failed = query_column(
+        &db,
+        "SELECT entry FROM audit_events WHERE action = 'contribution.instance'",
+    );
+    assert!(
+        failed.iter().any(|e| e.contains("failed, nothing stored")),
+        "{failed:?}"
+    );
+    sql(&db, "DROP TRIGGER block_stored");
+
+    // Writable again: the same upload is stored.
     let (code, body, _) = post_parts(
         &s,
         &provider,

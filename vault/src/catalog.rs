@@ -86,9 +86,24 @@ pub struct Catalog {
     batcher: tokio::sync::mpsc::Sender<Pending>,
 }
 
-/// An instance row waiting for the group commit, with the channel its caller waits on.
+/// Work run inside the transaction that commits an instance row, given the connection and
+/// whether the row is new. When it fails, the transaction (every row of the group) rolls
+/// back. The gateway records the row's audit event here, so that the row and its event
+/// commit together or neither does.
+pub type InTx = Box<
+    dyn for<'c> FnOnce(
+            &'c mut sqlx::AnyConnection,
+            bool,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'c>,
+        > + Send,
+>;
+
+/// An instance row waiting for the group commit, its work in the transaction, and the
+/// channel its caller waits on.
 type Pending = (
     InstanceRow,
+    Option<InTx>,
     tokio::sync::oneshot::Sender<Result<bool, String>>,
 );
 
@@ -107,25 +122,41 @@ async fn group_commit(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Pending
                 Err(_) => break,
             }
         }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut hooks = Vec::with_capacity(batch.len());
+        for (row, hook, reply) in batch {
+            rows.push(row);
+            hooks.push(hook);
+            replies.push(reply);
+        }
         let result = async {
-            let mut tx = pool.begin().await?;
-            let mut fresh = Vec::with_capacity(batch.len());
-            for (row, _) in &batch {
-                fresh.push(insert_instance_row(&mut *tx, row).await?);
+            let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+            let mut fresh = Vec::with_capacity(rows.len());
+            for row in &rows {
+                fresh.push(
+                    insert_instance_row(&mut *tx, row)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
             }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(fresh)
+            for (hook, f) in hooks.into_iter().zip(fresh.iter().copied()) {
+                if let Some(hook) = hook {
+                    hook(&mut tx, f).await?;
+                }
+            }
+            tx.commit().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(fresh)
         }
         .await;
         match result {
             Ok(fresh) => {
-                for ((_, reply), f) in batch.into_iter().zip(fresh) {
+                for (reply, f) in replies.into_iter().zip(fresh) {
                     let _ = reply.send(Ok(f));
                 }
             }
-            Err(e) => {
-                let msg = e.to_string();
-                for (_, reply) in batch {
+            Err(msg) => {
+                for reply in replies {
                     let _ = reply.send(Err(msg.clone()));
                 }
             }
@@ -551,9 +582,19 @@ impl Catalog {
     /// Records an instance durably (group-committed with concurrent callers). Returns
     /// false when the same SOP instance is already stored.
     pub async fn insert_instance(&self, r: &InstanceRow) -> Result<bool, CatalogError> {
+        self.insert_instance_with(r, None).await
+    }
+
+    /// Like [`Catalog::insert_instance`], running `in_tx` inside the committing
+    /// transaction: the row commits only if it succeeds.
+    pub async fn insert_instance_with(
+        &self,
+        r: &InstanceRow,
+        in_tx: Option<InTx>,
+    ) -> Result<bool, CatalogError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
         self.batcher
-            .send((r.clone(), reply))
+            .send((r.clone(), in_tx, reply))
             .await
             .map_err(|_| CatalogError::Commit("the group-commit writer has stopped".into()))?;
         wait.await

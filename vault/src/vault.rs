@@ -478,13 +478,25 @@ impl Vault {
     /// The second half of an ingest: store the sealed blob durably, then commit its
     /// catalogue row. Returns once both are durable.
     pub async fn commit(&self, r: ReadyInstance) -> Result<Ingested, VaultError> {
+        self.commit_with(r, None).await
+    }
+
+    /// Like [`Vault::commit`], running `in_tx` inside the transaction that commits the
+    /// catalogue row (see [`crate::catalog::InTx`]): the row is committed only if it
+    /// succeeds. The blob is made durable first; a blob whose row never commits is an
+    /// unreferenced ciphertext, rewritten by the next upload of the same instance.
+    pub async fn commit_with(
+        &self,
+        r: ReadyInstance,
+        in_tx: Option<crate::catalog::InTx>,
+    ) -> Result<Ingested, VaultError> {
         let ReadyInstance {
             row,
             blob,
             pseudonym_from_study,
         } = r;
         self.store.put(&row.object_id, blob).await?;
-        let fresh = self.catalog.insert_instance(&row).await?;
+        let fresh = self.catalog.insert_instance_with(&row, in_tx).await?;
         Ok(Ingested::Stored {
             object_id: row.object_id,
             pseudonym: row.pseudonym,
