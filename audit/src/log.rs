@@ -91,7 +91,7 @@ pub struct Filter {
 /// (in another transaction, see [`AuditLog::append_within`]) to copy to the JSON lines.
 enum Pending {
     Append(
-        NewEvent,
+        Box<NewEvent>,
         tokio::sync::oneshot::Sender<Result<Event, String>>,
     ),
     Copy(Vec<Event>),
