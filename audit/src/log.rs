@@ -122,6 +122,7 @@ struct Inner {
     /// The latest signed checkpoint: (size, note).
     latest: Mutex<Option<(u64, String)>>,
     signing: tokio::sync::Mutex<()>,
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 fn now_ms() -> u64 {
@@ -163,15 +164,31 @@ impl AuditLog {
     /// Opens (creating when needed) the log in the database at `url`, with its key and
     /// JSON-lines files in `dir`, and starts the checkpointer.
     pub async fn open(url: &str, dir: &Path) -> Result<Self, AuditError> {
-        Self::open_with(url, dir, true).await
+        Self::open_with(url, dir, true, None).await
+    }
+
+    /// Like [`AuditLog::open`], its writer taking `lock` around each transaction: the lock
+    /// the other writers of the same SQLite database in this process take (the vault's
+    /// group commit), so they hand the database over without SQLite's sleeping retries.
+    pub async fn open_shared(
+        url: &str,
+        dir: &Path,
+        lock: Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Self, AuditError> {
+        Self::open_with(url, dir, true, Some(lock)).await
     }
 
     /// Opens the log to read and verify it: no checkpoints are signed.
     pub async fn open_for_reading(url: &str, dir: &Path) -> Result<Self, AuditError> {
-        Self::open_with(url, dir, false).await
+        Self::open_with(url, dir, false, None).await
     }
 
-    async fn open_with(url: &str, dir: &Path, checkpointer: bool) -> Result<Self, AuditError> {
+    async fn open_with(
+        url: &str,
+        dir: &Path,
+        checkpointer: bool,
+        lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> Result<Self, AuditError> {
         sqlx::any::install_default_drivers();
         let key = load_or_create_key(dir)?;
         let engine = if url.starts_with("sqlite:") {
@@ -211,7 +228,13 @@ impl AuditLog {
         let size = Arc::new(AtomicU64::new(next as u64));
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
         let appender = tracing_appender::rolling::daily(dir, "events.jsonl");
-        tokio::spawn(writer(pool.clone(), rx, size.clone(), appender));
+        tokio::spawn(writer(
+            pool.clone(),
+            rx,
+            size.clone(),
+            appender,
+            lock.clone(),
+        ));
         let log = AuditLog {
             inner: Arc::new(Inner {
                 pool,
@@ -221,6 +244,7 @@ impl AuditLog {
                 size,
                 latest: Mutex::new(latest),
                 signing: tokio::sync::Mutex::new(()),
+                write_lock: lock,
             }),
         };
         // The checkpointer: a signed tree head at most 500 ms behind while events arrive.
@@ -374,6 +398,10 @@ impl AuditLog {
             .key
             .sign(size, root, now_ms() / 1000)
             .map_err(|e| AuditError::Key(e.to_string()))?;
+        let _held = match &self.inner.write_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO audit_checkpoints (size, time_ms, note) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
@@ -385,6 +413,40 @@ impl AuditLog {
         let l = (size, note);
         *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(l.clone());
         Ok(l)
+    }
+
+    /// A tree head of every event recorded so far, signed now but not stored, and the
+    /// inclusion proofs of `seqs` against it, from one read of the stored hashes (for a
+    /// receipt).
+    pub async fn signed_head_with_proofs(
+        &self,
+        seqs: &[u64],
+    ) -> Result<(u64, String, Vec<Vec<Hash>>), AuditError> {
+        let size = self.refresh_size().await?;
+        let mut need = tree::root_needs(size);
+        for s in seqs {
+            need.extend(tree::inclusion_needs(size, *s).ok_or_else(|| {
+                AuditError::Range(format!("event {s} is not in a tree of {size} events"))
+            })?);
+        }
+        need.sort_unstable();
+        need.dedup();
+        let m = self.hashes(&need).await?;
+        let root =
+            tree::tree_hash(size, &MapReader(&m)).map_err(|e| AuditError::Tree(e.to_string()))?;
+        let proofs = seqs
+            .iter()
+            .map(|s| {
+                tree::prove_record(size, *s, &MapReader(&m))
+                    .map_err(|e| AuditError::Tree(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let note = self
+            .inner
+            .key
+            .sign(size, root, now_ms() / 1000)
+            .map_err(|e| AuditError::Key(e.to_string()))?;
+        Ok((size, note, proofs))
     }
 
     /// A tree head of every event recorded so far, signed now but not stored (for a
@@ -736,6 +798,7 @@ async fn writer(
     mut rx: tokio::sync::mpsc::Receiver<Pending>,
     size: Arc<AtomicU64>,
     mut jsonl: tracing_appender::rolling::RollingFileAppender,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
 ) {
     // The roots of the perfect subtrees of the log as this writer last committed it:
     // all the next append needs, so appends read no hashes back while no other process
@@ -770,7 +833,13 @@ async fn writer(
         }
         let time = now_ms();
         let (news, replies): (Vec<NewEvent>, Vec<_>) = batch.into_iter().unzip();
-        match commit(&pool, time, news, &mut frontier).await {
+        let held = match &lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let committed = commit(&pool, time, news, &mut frontier).await;
+        drop(held);
+        match committed {
             Ok(events) => {
                 let end = events.last().map(|e| e.seq + 1).unwrap_or(0);
                 size.fetch_max(end, Ordering::SeqCst);

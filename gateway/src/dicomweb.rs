@@ -469,18 +469,17 @@ async fn store(
     // The receipt carries the events of this contribution and their inclusion proofs
     // against a tree head signed now: the site can later prove what it contributed.
     recorded.sort_by_key(|(i, e)| (*i, e.seq));
-    let audit_part = match state.audit.signed_head().await {
-        Ok((size, note)) => {
-            let mut events = Vec::new();
-            for (part, e) in &recorded {
-                let proof = state
-                    .audit
-                    .inclusion_proof(e.seq, size)
-                    .await
-                    .map(|p| audit::tree::to_b64(&p))
-                    .unwrap_or_default();
-                events.push(json!({"part": part, "event": String::from_utf8_lossy(&e.entry()), "proof": proof}));
-            }
+    let seqs: Vec<u64> = recorded.iter().map(|(_, e)| e.seq).collect();
+    let audit_part = match state.audit.signed_head_with_proofs(&seqs).await {
+        Ok((size, note, proofs)) => {
+            let events: Vec<Value> = recorded
+                .iter()
+                .zip(proofs)
+                .map(|((part, e), p)| {
+                    json!({"part": part, "event": String::from_utf8_lossy(&e.entry()),
+                        "proof": audit::tree::to_b64(&p)})
+                })
+                .collect();
             json!({"size": size, "checkpoint": note, "events": events})
         }
         Err(e) => {

@@ -526,7 +526,9 @@ async fn run(cli: Cli) -> Result<()> {
             let listen = data.listen(listen)?;
             let signed_only = data.signed_only_sites(signed_only_sites)?;
             cli::init(&cfg).await?;
-            let vault = vault::vault::Vault::open(&cfg).await?;
+            // One write lock for the two writers of the database (vault and audit log).
+            let write_lock = vault::catalog::WriteLock::default();
+            let vault = vault::vault::Vault::open_with(&cfg, Some(write_lock.clone())).await?;
             let key_path = cfg.data_dir.join("tls/key.pem");
             let key = std::fs::read(&key_path)
                 .with_context(|| format!("cannot read {}", key_path.display()))?;
@@ -535,9 +537,13 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics: Default::default(),
                 receipt_key: std::sync::Arc::new(openssl::pkey::PKey::private_key_from_pem(&key)?),
                 signed_only: std::sync::Arc::new(signed_only),
-                audit: audit::AuditLog::open(&cfg.database_url(), &cfg.data_dir.join("audit"))
-                    .await
-                    .context("the audit log")?,
+                audit: audit::AuditLog::open_shared(
+                    &cfg.database_url(),
+                    &cfg.data_dir.join("audit"),
+                    write_lock,
+                )
+                .await
+                .context("the audit log")?,
             };
             server::serve(state, cfg.data_dir.clone(), listen).await
         }

@@ -110,9 +110,11 @@ fn deny(status: StatusCode, reason: &str) -> Response {
 
 /// Role gate, audit and request metrics. Runs for every request, matched or not.
 ///
-/// The decision (allowed by the route table, or denied) is appended to the audit log
-/// before anything else happens; when it cannot be recorded, the request is refused with
-/// 503 and its handler never runs (fail closed). The event names the route template, never
+/// The decision (allowed by the route table, or denied) is appended to the audit log. A
+/// refusal is answered once recorded. An allowed request's handler runs while its event is
+/// written, and its answer is sent only once the event is durable; otherwise the answer
+/// is a 503 (fail closed). Handlers that change state record each effect in the effect's
+/// own transaction, so an effect is never committed unrecorded. The event names the route template, never
 /// the request path or query (a source UID can be in a path).
 async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
@@ -149,15 +151,29 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
                 &rule,
                 if allowed { "admitted" } else { "refused" },
             );
-            if let Err(e) = state.audit.append(ev).await {
-                tracing::error!(error = %e, "request refused: the audit log cannot record it");
+            if allowed {
+                // The request's event is written while the handler runs, and the answer
+                // waits for it: no answer leaves unless its request is recorded. A handler
+                // that changes state records its effect in the effect's own transaction
+                // (as STOW-RS does per instance), so no effect is ever unrecorded either.
+                req.extensions_mut().insert(rid.clone());
+                let (recorded, resp) = tokio::join!(state.audit.append(ev), next.run(req));
+                match recorded {
+                    Ok(_) => resp,
+                    Err(e) => {
+                        tracing::error!(error = %e, "answer withheld: the audit log cannot record the request");
+                        deny(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the audit log cannot record this request; its answer is withheld",
+                        )
+                    }
+                }
+            } else if let Err(e) = state.audit.append(ev).await {
+                tracing::error!(error = %e, "the audit log cannot record a refusal");
                 deny(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the audit log cannot record this request; nothing was done",
                 )
-            } else if allowed {
-                req.extensions_mut().insert(rid.clone());
-                next.run(req).await
             } else if route.is_none() {
                 deny(StatusCode::NOT_FOUND, "no such route")
             } else {

@@ -107,13 +107,22 @@ type Pending = (
     tokio::sync::oneshot::Sender<Result<bool, String>>,
 );
 
+/// A lock shared by the writers of one SQLite database in this process (the catalogue's
+/// group commit and the audit log's writer): a writer waiting on it is woken the moment
+/// the other commits, where SQLite's own busy handler would sleep in growing steps.
+pub type WriteLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+
 /// Most rows committed in one transaction by the group commit.
 const MAX_BATCH: usize = 256;
 
 /// Group commit: rows from concurrent ingests are written in one transaction, so the
 /// cost of a durable commit (an fsync) is shared while every caller still waits for its
 /// own row to be durable. The task ends when every `Catalog` clone is dropped.
-async fn group_commit(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+async fn group_commit(
+    pool: AnyPool,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+    lock: Option<WriteLock>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -130,6 +139,10 @@ async fn group_commit(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Pending
             hooks.push(hook);
             replies.push(reply);
         }
+        let _held = match &lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
         let result = async {
             let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
             let mut fresh = Vec::with_capacity(rows.len());
@@ -437,6 +450,11 @@ impl Catalog {
 
     /// Connects and creates the schema if needed.
     pub async fn connect(url: &str) -> Result<Self, CatalogError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Like [`Catalog::connect`], the group commit taking `lock` around each transaction.
+    pub async fn connect_with(url: &str, lock: Option<WriteLock>) -> Result<Self, CatalogError> {
         sqlx::any::install_default_drivers();
         let engine = if url.starts_with("sqlite:") {
             Engine::Sqlite
@@ -462,7 +480,7 @@ impl Catalog {
         }
         let pool = pool_opts.connect_with(opts).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(group_commit(pool.clone(), rx));
+        tokio::spawn(group_commit(pool.clone(), rx, lock));
         let c = Catalog {
             pool,
             engine,

@@ -271,6 +271,15 @@ impl Vault {
 
     /// Opens an initialized data folder.
     pub async fn open(cfg: &VaultConfig) -> Result<Self, VaultError> {
+        Self::open_with(cfg, None).await
+    }
+
+    /// Like [`Vault::open`], sharing `lock` with the other writers of the database in
+    /// this process (see [`crate::catalog::WriteLock`]).
+    pub async fn open_with(
+        cfg: &VaultConfig,
+        lock: Option<crate::catalog::WriteLock>,
+    ) -> Result<Self, VaultError> {
         let keys_dir = cfg.keys_dir();
         let secret_path = keys_dir.join("broker.secret");
         let secret = std::fs::read(&secret_path).map_err(|_| {
@@ -293,7 +302,7 @@ impl Vault {
                 keys_dir.display()
             )));
         }
-        let catalog = Catalog::connect(&cfg.database_url()).await?;
+        let catalog = Catalog::connect_with(&cfg.database_url(), lock).await?;
         let store = BlobStore::open(&cfg.blob_store())?;
         Ok(Vault {
             cfg: cfg.clone(),
