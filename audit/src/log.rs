@@ -290,15 +290,13 @@ impl AuditLog {
     pub async fn append_within(
         &self,
         conn: &mut sqlx::AnyConnection,
-        e: NewEvent,
-    ) -> Result<Event, AuditError> {
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Event>, AuditError> {
         if self.inner.engine == Engine::Postgres {
             conn.execute("SELECT pg_advisory_xact_lock(7202)").await?;
         }
-        let (mut events, _) = write_locked(conn, now_ms(), vec![e], None).await?;
-        events
-            .pop()
-            .ok_or_else(|| AuditError::NotRecorded("no event written".into()))
+        let (events, _) = write_locked(conn, now_ms(), events, None).await?;
+        Ok(events)
     }
 
     /// Events appended with [`AuditLog::append_within`] whose transaction committed:

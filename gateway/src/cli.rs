@@ -197,6 +197,7 @@ async fn ingest_tree(
                 bytes,
                 None,
                 &format!("hbs ingest on the gateway host for site {site}"),
+                None,
             )
             .await
             .map_err(|e| VaultError::Internal(e.to_string()))

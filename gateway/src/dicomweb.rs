@@ -55,10 +55,11 @@ pub async fn stow(
     Extension(p): Extension<Principal>,
     Extension(key): Extension<PeerKey>,
     Extension(rid): Extension<RequestId>,
+    Extension(deferred): Extension<record::DeferredEvent>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    store(state, p, key, rid, headers, body, None).await
+    store(state, p, key, rid, deferred, headers, body, None).await
 }
 
 /// `POST /dicomweb/studies/{study}`.
@@ -67,11 +68,12 @@ pub async fn stow_study(
     Extension(p): Extension<Principal>,
     Extension(key): Extension<PeerKey>,
     Extension(rid): Extension<RequestId>,
+    Extension(deferred): Extension<record::DeferredEvent>,
     Path(study): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    store(state, p, key, rid, headers, body, Some(study)).await
+    store(state, p, key, rid, deferred, headers, body, Some(study)).await
 }
 
 /// Media type of a signed contribution manifest part (first part of the request).
@@ -158,6 +160,7 @@ async fn store(
     p: Principal,
     peer_key: PeerKey,
     rid: RequestId,
+    deferred: record::DeferredEvent,
     headers: HeaderMap,
     body: Body,
     study: Option<String>,
@@ -343,7 +346,8 @@ async fn store(
             study.clone(),
             index,
         );
-        let (actor, rid, rule) = (actor.clone(), rid.0.clone(), rule.clone());
+        let (actor, rid, rule, deferred) =
+            (actor.clone(), rid.0.clone(), rule.clone(), deferred.clone());
         running.spawn(async move {
             let o = record::ingest(
                 &vault,
@@ -354,6 +358,7 @@ async fn store(
                 bytes,
                 study.as_deref(),
                 &rule,
+                Some(&deferred),
             )
             .await;
             (i, o)

@@ -40,6 +40,49 @@ pub fn actor(p: &Principal) -> Actor {
     }
 }
 
+/// A request's own event, handed by the gate to a handler that changes state, so that it
+/// commits in the same transaction as the handler's first effect (one durable write
+/// instead of two). What the handler does not record, the gate appends before answering.
+#[derive(Clone)]
+pub struct DeferredEvent(Arc<Mutex<(Option<NewEvent>, bool)>>);
+
+impl DeferredEvent {
+    /// The request's event, not yet written.
+    pub fn new(e: NewEvent) -> Self {
+        DeferredEvent(Arc::new(Mutex::new((Some(e), false))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<NewEvent>, bool)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the event to write it with an effect (None when another part took it).
+    pub fn take(&self) -> Option<NewEvent> {
+        self.lock().0.take()
+    }
+
+    /// The effect's transaction failed: the event is handed back, unwritten.
+    pub fn put_back(&self, e: NewEvent) {
+        self.lock().0 = Some(e);
+    }
+
+    /// The effect's transaction committed with the event in it.
+    pub fn mark_recorded(&self) {
+        self.lock().1 = true;
+    }
+
+    /// After the handler: the event still to append, `Ok(None)` when it is recorded, or
+    /// `Err` when it was taken and neither recorded nor handed back.
+    pub fn unrecorded(&self) -> Result<Option<NewEvent>, ()> {
+        let mut g = self.lock();
+        match (g.0.take(), g.1) {
+            (_, true) => Ok(None),
+            (Some(e), false) => Ok(Some(e)),
+            (None, false) => Err(()),
+        }
+    }
+}
+
 /// An event of `actor` in request `rid`.
 pub fn event(
     actor: &Actor,
@@ -81,6 +124,7 @@ pub async fn ingest(
     bytes: Vec<u8>,
     study: Option<&str>,
     rule: &str,
+    deferred: Option<&DeferredEvent>,
 ) -> Result<(Result<Ingested, VaultError>, audit::Event), NotRecorded> {
     const ACTION: &str = "contribution.instance";
     let ev = |resource: &str, decision: &str, outcome: &str| {
@@ -117,30 +161,42 @@ pub async fn ingest(
             // neither. (The blob is made durable before; without its row it is an
             // unreferenced ciphertext.)
             let resource = format!("{}/{}/{}", r.row.pseudonym, r.row.study_uid, r.row.sop_uid);
-            let slot: Arc<Mutex<Option<audit::Event>>> = Arc::default();
+            let slot: Arc<Mutex<Vec<audit::Event>>> = Arc::default();
             let (log2, slot2) = (log.clone(), slot.clone());
             let (stored, again) = (
                 ev(&resource, "allow", "stored"),
                 ev(&resource, "allow", "already stored (same instance)"),
             );
+            // The request's own event rides in the same transaction, if still unwritten.
+            let request_event = deferred.and_then(DeferredEvent::take);
+            let carried = request_event.clone();
             let hook: vault::catalog::InTx = Box::new(move |conn, fresh| {
                 Box::pin(async move {
-                    let e = log2
-                        .append_within(conn, if fresh { stored } else { again })
+                    let mut evs: Vec<NewEvent> = carried.into_iter().collect();
+                    evs.push(if fresh { stored } else { again });
+                    let written = log2
+                        .append_within(conn, evs)
                         .await
                         .map_err(|e| e.to_string())?;
-                    *slot2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    *slot2.lock().unwrap_or_else(|p| p.into_inner()) = written;
                     Ok(())
                 })
             });
             let result = vault.commit_with(*r, Some(hook)).await;
-            let recorded = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let written = std::mem::take(&mut *slot.lock().unwrap_or_else(|p| p.into_inner()));
+            let recorded = written.last().cloned();
             match (result, recorded) {
                 (Ok(ingested), Some(event)) => {
-                    log.committed(vec![event.clone()]).await;
+                    if let Some(d) = deferred.filter(|_| request_event.is_some()) {
+                        d.mark_recorded();
+                    }
+                    log.committed(written).await;
                     Ok((Ok(ingested), event))
                 }
                 (result, _) => {
+                    if let (Some(d), Some(e)) = (deferred, request_event) {
+                        d.put_back(e);
+                    }
                     // Nothing committed: neither the row nor its event. Say so in the
                     // log if it can be said; if not, the log itself is what failed.
                     let err = match result {

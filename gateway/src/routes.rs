@@ -151,11 +151,37 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
                 &rule,
                 if allowed { "admitted" } else { "refused" },
             );
-            if allowed {
-                // The request's event is written while the handler runs, and the answer
-                // waits for it: no answer leaves unless its request is recorded. A handler
-                // that changes state records its effect in the effect's own transaction
-                // (as STOW-RS does per instance), so no effect is ever unrecorded either.
+            if allowed && method != "GET" {
+                // A handler that changes state writes the request's event in the same
+                // transaction as its first effect; what it does not write is appended
+                // here before the answer leaves.
+                req.extensions_mut().insert(rid.clone());
+                let deferred = crate::record::DeferredEvent::new(ev);
+                req.extensions_mut().insert(deferred.clone());
+                let resp = next.run(req).await;
+                let recorded = match deferred.unrecorded() {
+                    Ok(None) => Ok(()),
+                    Ok(Some(ev)) => state
+                        .audit
+                        .append(ev)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(()) => Err("the request's event was lost".to_string()),
+                };
+                match recorded {
+                    Ok(()) => resp,
+                    Err(e) => {
+                        tracing::error!(error = %e, "answer withheld: the audit log cannot record the request");
+                        deny(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the audit log cannot record this request; its answer is withheld",
+                        )
+                    }
+                }
+            } else if allowed {
+                // A read: its event is written while the handler runs, and the answer
+                // waits for it: no answer leaves unless its request is recorded.
                 req.extensions_mut().insert(rid.clone());
                 let (recorded, resp) = tokio::join!(state.audit.append(ev), next.run(req));
                 match recorded {

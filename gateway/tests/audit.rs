@@ -414,7 +414,7 @@ fn receipts_prove_their_events_and_hbs_audit_verify_checks_the_log() {
     // offline check names it, and a site's kept checkpoint no longer matches either.
     let db = format!("sqlite://{}", data.join("hbs.db").display());
     sql(&db, "DROP TRIGGER audit_events_no_update");
-    sql(&db, "UPDATE audit_events SET entry = replace(entry, '\"decision\":\"allow\"', '\"decision\":\"deny\"') WHERE seq = 2");
+    sql(&db, "UPDATE audit_events SET entry = replace(entry, '\"outcome\":\"', '\"outcome\":\"not ') WHERE seq = 2");
     let o = hbs()
         .args(["audit", "verify", "--data"])
         .arg(&data)
