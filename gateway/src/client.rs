@@ -31,6 +31,8 @@ pub async fn connect(
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .with_context(|| format!("cannot connect to {host}:{port}"))?;
+    // Requests go out in pieces (TLS records, headers, body): no Nagle delay between them.
+    let _ = tcp.set_nodelay(true);
     let ssl = connector.configure()?.into_ssl(host)?;
     let mut tls = tokio_openssl::SslStream::new(ssl, tcp)?;
     std::pin::Pin::new(&mut tls)
