@@ -490,7 +490,7 @@ pub async fn run(
         100.0 * rows[2].per_s() / bound
     ));
     md.push_str(&format!(
-        "\n## STOW-RS over mTLS (the full path behind the gateway)\n\nEach client keeps one TLS 1.3 connection with a data-provider certificate and stores 1, 4 or 16 instances per request (16 is what `hbs contribute` sends by default; Python's dicomweb-client sends all the instances it is given in one request); the gateway runs as its own process on this machine and answers each request only once every instance in it is durable. Latency is that of the request carrying the instance. Offline full path in the same run: {:.0} instances/s.\n\n| clients | instances per request | instances/s | % of offline | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
+        "\n## STOW-RS over mTLS (the full path behind the gateway)\n\nEach client keeps one TLS 1.3 connection with a data-provider certificate and stores 1, 4 or 16 instances per request (16 is what `hbs contribute` sends by default; Python's dicomweb-client sends all the instances it is given in one request); the gateway runs as its own process on this machine and answers each request only once every instance in it is durable and recorded in the audit log (the request's event and each instance's event commit with the catalogue rows). Latency is that of the request carrying the instance. Offline full path in the same run: {:.0} instances/s.\n\n| clients | instances per request | instances/s | % of offline | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
         rows[2].per_s()
     ));
     for r in &stow_runs {

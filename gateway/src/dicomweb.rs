@@ -63,6 +63,7 @@ pub async fn stow(
 }
 
 /// `POST /dicomweb/studies/{study}`.
+#[allow(clippy::too_many_arguments)]
 pub async fn stow_study(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
