@@ -394,6 +394,11 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
         cfg.data_dir.display()
     );
     log.close().await;
+    println!(
+        "   Audit log: {} events, each instance recorded with its pseudonymized UIDs; check it: hbs audit verify --data {}",
+        log.size(),
+        cfg.data_dir.display()
+    );
     v.close().await;
     Ok(())
 }

@@ -552,3 +552,30 @@ fn configuration_file_and_environment() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field"));
 }
+
+/// The quick start's first command on a fresh folder: it stores a synthetic corpus,
+/// every instance recorded in an audit log that then verifies.
+#[test]
+fn the_quick_start_demo_runs_on_a_fresh_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let out = run_ok(
+        hbs()
+            .current_dir(d.path())
+            .args(["demo", "--patients", "3", "--sites", "1"]),
+    );
+    assert!(
+        out.contains("instances stored, 0 quarantined, 0 rejected"),
+        "{out}"
+    );
+    assert!(out.contains("Audit log: "), "{out}");
+    assert!(d
+        .path()
+        .join("hbs-data/dev-certs/operator/cert.pem")
+        .exists());
+    let out = run_ok(
+        hbs()
+            .current_dir(d.path())
+            .args(["audit", "verify", "--data", "hbs-data"]),
+    );
+    assert!(out.contains("latest matching checkpoint"), "{out}");
+}
