@@ -108,6 +108,15 @@ fn deny(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({"error": reason}))).into_response()
 }
 
+/// The answer when the request's event could not be recorded.
+fn withheld(e: &str) -> Response {
+    tracing::error!(error = %e, "answer withheld: the audit log cannot record the request");
+    deny(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the audit log cannot record this request; its answer is withheld",
+    )
+}
+
 /// Role gate, audit and request metrics. Runs for every request, matched or not.
 ///
 /// The decision (allowed by the route table, or denied) is appended to the audit log. A
@@ -171,13 +180,7 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
                 };
                 match recorded {
                     Ok(()) => resp,
-                    Err(e) => {
-                        tracing::error!(error = %e, "answer withheld: the audit log cannot record the request");
-                        deny(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the audit log cannot record this request; its answer is withheld",
-                        )
-                    }
+                    Err(e) => withheld(&e.to_string()),
                 }
             } else if allowed {
                 // A read: its event is written while the handler runs, and the answer
@@ -186,13 +189,7 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
                 let (recorded, resp) = tokio::join!(state.audit.append(ev), next.run(req));
                 match recorded {
                     Ok(_) => resp,
-                    Err(e) => {
-                        tracing::error!(error = %e, "answer withheld: the audit log cannot record the request");
-                        deny(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the audit log cannot record this request; its answer is withheld",
-                        )
-                    }
+                    Err(e) => withheld(&e.to_string()),
                 }
             } else if let Err(e) = state.audit.append(ev).await {
                 tracing::error!(error = %e, "the audit log cannot record a refusal");
