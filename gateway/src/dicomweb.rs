@@ -113,7 +113,15 @@ fn verify_manifest(
         return Err("the manifest signature does not verify with the presented certificate".into());
     }
     let m: Manifest =
-        serde_json::from_slice(manifest).map_err(|e| format!("the manifest is not valid: {e}"))?;
+        serde_json::from_slice(manifest).map_err(|e| {
+            // serde's own message quotes the offending value, which could be anything the
+            // site put there: say where, not what (this reason is logged and audited).
+            format!(
+                "the manifest is not of the expected form (site, time, consent, instances) at line {}, column {}",
+                e.line(),
+                e.column()
+            )
+        })?;
     if m.site != site {
         return Err("the manifest names another site than the certificate".into());
     }
@@ -549,4 +557,27 @@ fn sign(
     let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), key)?;
     signer.update(data)?;
     signer.sign_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A malformed manifest's refusal (logged and audited) says where, never what.
+    #[test]
+    fn manifest_errors_do_not_quote_values() {
+        let group =
+            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let key = openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap())
+            .unwrap();
+        let public =
+            openssl::pkey::PKey::public_key_from_pem(&key.public_key_to_pem().unwrap()).unwrap();
+        let manifest =
+            br#"{"site":"SITE_A","time":"DOE^JOHN 1950-06-15","consent":"yes","instances":[]}"#;
+        use base64::Engine as _;
+        let sig = base64::engine::general_purpose::STANDARD.encode(sign(&key, manifest).unwrap());
+        let e = verify_manifest(&public, manifest, sig.as_bytes(), "SITE_A").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(!e.contains("DOE") && !e.contains("1950"), "{e}");
+    }
 }
