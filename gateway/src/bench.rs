@@ -85,17 +85,8 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Runs the benchmark and writes the report.
-pub async fn run(
-    patients: usize,
-    slices: usize,
-    jobs: usize,
-    work: &Path,
-    report: &Path,
-    python: Option<PathBuf>,
-) -> Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+/// The corpus of `hbs bench`: synthetic MR slices, written under `work`, read back.
+fn corpus(work: &Path, patients: usize, slices: usize) -> Result<(Vec<PathBuf>, Vec<Vec<u8>>)> {
     std::fs::create_dir_all(work)?;
     let corpus = work.join("corpus");
     if corpus.exists() {
@@ -108,12 +99,54 @@ pub async fn run(
         slices,
         ..Default::default()
     };
-    let summary = vault::synth::generate(&corpus, &cfg)?;
+    vault::synth::generate(&corpus, &cfg)?;
     let files = dicom_files(&corpus)?;
     let inputs: Vec<Vec<u8>> = files
         .iter()
         .map(std::fs::read)
         .collect::<std::io::Result<_>>()?;
+    Ok((files, inputs))
+}
+
+/// One STOW-RS figure (`shape` is CLIENTSxPER_REQUEST), printed; for quick comparisons.
+pub async fn stow_only(patients: usize, slices: usize, work: &Path, shape: &str) -> Result<()> {
+    let (clients, per_request) = shape
+        .split_once('x')
+        .and_then(|(c, p)| Some((c.parse::<usize>().ok()?, p.parse::<usize>().ok()?)))
+        .filter(|(c, p)| *c > 0 && *p > 0)
+        .context("--stow-only takes CLIENTSxPER_REQUEST, for example 8x4")?;
+    let (_, inputs) = corpus(work, patients, slices)?;
+    Command::new("sync").status()?;
+    let runs = stow(
+        &std::env::current_exe()?,
+        work,
+        Arc::new(inputs),
+        &[clients],
+        per_request,
+    )
+    .await?;
+    for r in runs {
+        println!(
+            "{} clients x {} per request: {:.0} instances/s, p50 {:.1} ms, p99 {:.1} ms",
+            r.clients, r.per_request, r.per_s, r.p50, r.p99
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(
+    patients: usize,
+    slices: usize,
+    jobs: usize,
+    work: &Path,
+    report: &Path,
+    python: Option<PathBuf>,
+) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let (files, inputs) = corpus(work, patients, slices)?;
+    let corpus = work.join("corpus");
     let total: u64 = inputs.iter().map(|b| b.len() as u64).sum();
     // Flush the corpus just written, so no phase pays for flushing another's writes.
     let flush = || Command::new("sync").status().map(|_| ());
@@ -461,7 +494,7 @@ pub async fn run(
     ));
     md.push_str(&format!(
         "Corpus: `hbs synth` with {} patients, {} slices per series: {} files, {:.1} MB ({:.0} KB per file on average), Siemens/GE/Philips MR 256x256 16-bit slices, DCE, SEG; every file carries identifying values in the places scanners put them.\n\n",
-        summary.patients, slices, n, total as f64 / 1e6, total as f64 / 1e3 / n as f64
+        patients, slices, n, total as f64 / 1e6, total as f64 / 1e3 / n as f64
     ));
     md.push_str(
         "| what | files | seconds | files/s | MB/s | notes |\n|---|---:|---:|---:|---:|---|\n",

@@ -269,6 +269,10 @@ enum Cmd {
         /// Python with dicognito installed, to run it as a peer.
         #[arg(long, env = "HBS_PYTHON")]
         python: Option<PathBuf>,
+        /// Only the STOW-RS figure for CLIENTSxPER_REQUEST (for example `8x4`), printed,
+        /// the report left unchanged.
+        #[arg(long, value_name = "CLIENTSxPER_REQUEST")]
+        stow_only: Option<String>,
     },
     /// Operator commands on the stored data.
     #[command(subcommand)]
@@ -590,8 +594,12 @@ async fn run(cli: Cli) -> Result<()> {
             work,
             report,
             python,
+            stow_only,
         } => {
-            let r = bench::run(patients, slices, jobs, &work, &report, python).await;
+            let r = match stow_only {
+                Some(shape) => bench::stow_only(patients, slices, &work, &shape).await,
+                None => bench::run(patients, slices, jobs, &work, &report, python).await,
+            };
             let _ = std::fs::remove_dir_all(&work);
             r
         }
