@@ -534,3 +534,42 @@ mod tests {
         );
     }
 }
+
+/// A fresh PostgreSQL database at `HBS_TEST_PG` (default
+/// `postgres://postgres@127.0.0.1:5432/test`): its URL, or `None` with a loud message
+/// when PostgreSQL cannot be reached outside CI (under `CI=true` the test fails).
+pub async fn fresh_pg(test: &str) -> Option<String> {
+    use sqlx::{Connection, Executor};
+    sqlx::any::install_default_drivers();
+    let base = std::env::var("HBS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let mut conn = match sqlx::PgConnection::connect(&base).await {
+        Ok(c) => c,
+        Err(e) => {
+            if on_ci() {
+                panic!("{test}: PostgreSQL at {base} is required under CI=true: {e}");
+            }
+            eprintln!("SKIPPED: {test} on PostgreSQL: cannot connect to {base}: {e}");
+            return None;
+        }
+    };
+    let mut r = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r)
+        .expect("system randomness");
+    let name = format!("hbs_test_{}", hex::encode(r));
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("CREATE DATABASE");
+    let (head, _) = base.rsplit_once('/').unwrap_or((&base, ""));
+    Some(format!("{head}/{name}"))
+}
+
+/// Database URLs to run a test against: SQLite in `dir`, and a fresh PostgreSQL database
+/// when reachable (see [`fresh_pg`]).
+pub async fn database_urls(test: &str, dir: &Path) -> Vec<String> {
+    let mut v = vec![format!("sqlite:{}?mode=rwc", dir.join("hbs.db").display())];
+    if let Some(pg) = fresh_pg(test).await {
+        v.push(pg);
+    }
+    v
+}
