@@ -16,6 +16,8 @@ mod cli;
 mod client;
 mod contribute;
 mod dicomweb;
+mod govern_cli;
+mod governance;
 mod qido;
 mod record;
 mod routes;
@@ -183,6 +185,15 @@ enum Cmd {
         /// Manufacturer, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID).
         filters: Vec<String>,
     },
+    /// Data, service and policy requests: submit, amend, list, show, withdraw.
+    #[command(subcommand)]
+    Request(govern_cli::RequestCmd),
+    /// Ethics board reviews: list, approve, reject.
+    #[command(subcommand)]
+    Review(govern_cli::ReviewCmd),
+    /// Grants: list, revoke, check a decision.
+    #[command(subcommand)]
+    Grants(govern_cli::GrantsCmd),
     /// Print the gateway's route table (method, path, roles admitted) as JSON.
     Routes,
     /// Synthesize a corpus, then de-identify, encrypt and store it, and say what happened.
@@ -491,6 +502,9 @@ async fn run(cli: Cli) -> Result<()> {
             dir,
         } => contribute::contribute(&client, &dir, batch, &state, &receipts).await,
         Cmd::Whoami { client } => search::whoami(&client).await,
+        Cmd::Request(cmd) => govern_cli::request(cmd).await,
+        Cmd::Review(cmd) => govern_cli::review(cmd).await,
+        Cmd::Grants(cmd) => govern_cli::grants(cmd).await,
         Cmd::Search {
             client,
             level,
@@ -533,6 +547,17 @@ async fn run(cli: Cli) -> Result<()> {
             // One write lock for the two writers of the database (vault and audit log).
             let write_lock = vault::catalog::WriteLock::default();
             let vault = vault::vault::Vault::open_with(&cfg, Some(write_lock.clone())).await?;
+            let audit = audit::AuditLog::open_shared(
+                &cfg.database_url(),
+                &cfg.data_dir.join("audit"),
+                write_lock.clone(),
+            )
+            .await
+            .context("the audit log")?;
+            // The policy decides every call; a decider that would not enforce stops here.
+            let policy = governance::open(&cfg.database_url(), Some(write_lock), &audit)
+                .await
+                .context("the policy")?;
             let key_path = cfg.data_dir.join("tls/key.pem");
             let key = std::fs::read(&key_path)
                 .with_context(|| format!("cannot read {}", key_path.display()))?;
@@ -541,13 +566,8 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics: Default::default(),
                 receipt_key: std::sync::Arc::new(openssl::pkey::PKey::private_key_from_pem(&key)?),
                 signed_only: std::sync::Arc::new(signed_only),
-                audit: audit::AuditLog::open_shared(
-                    &cfg.database_url(),
-                    &cfg.data_dir.join("audit"),
-                    write_lock,
-                )
-                .await
-                .context("the audit log")?,
+                audit,
+                policy,
             };
             server::serve(state, cfg.data_dir.clone(), listen).await
         }

@@ -30,6 +30,14 @@ impl Default for RequestId {
     }
 }
 
+/// Now, in milliseconds since 1970.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The actor of a verified certificate.
 pub fn actor(p: &Principal) -> Actor {
     Actor {

@@ -1,6 +1,6 @@
-//! The gateway's routes, each with the roles it admits. A request whose route is not in
-//! [`ROUTES`], or whose principal's role is not listed for it, is denied: deny by default.
-//! (The policy issue will refine decisions; this layer already denies by role.)
+//! The gateway's routes. Every request is decided by the policy (`policy` crate: Casbin,
+//! default deny) before its handler runs; the decision and the rule that made it go into
+//! the audit log. [`ROUTES`] is the default policy each route starts with.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +30,8 @@ pub struct AppState {
     pub signed_only: Arc<std::collections::BTreeSet<String>>,
     /// The audit log: every request and every effect is recorded here first.
     pub audit: audit::AuditLog,
+    /// The policy: every call is decided here (and the decision recorded).
+    pub policy: Arc<policy::decide::Decider>,
 }
 
 /// The public key of the caller's verified certificate (to check what it signs).
@@ -40,8 +42,20 @@ const ALL: &[Role] = &Role::ALL;
 /// Who may search the pseudonymized catalogue (QIDO-RS); data providers see their own
 /// site only (see [`crate::qido`]).
 const SEARCH: &[Role] = &[Role::DataProvider, Role::Operator, Role::Auditor];
+/// Who submits requests (researchers: data and service; operators and the board: policy).
+const SUBMIT: &[Role] = &[Role::Researcher, Role::Operator, Role::EthicsBoard];
+/// Who reads requests and grants (researchers see their own only).
+const GOVERNANCE: &[Role] = &[
+    Role::Researcher,
+    Role::EthicsBoard,
+    Role::Operator,
+    Role::Auditor,
+];
 
-/// Every route: method, path (as axum matches it) and the roles admitted.
+/// Every route: method, path (as axum matches it) and the roles admitted by the default
+/// policy. This table seeds the policy's role rules (once per route, see
+/// [`crate::governance::default_policy`]); from then on the policy decides, and changes
+/// only through an approved policy request.
 pub const ROUTES: &[(&str, &str, &[Role])] = &[
     ("GET", "/healthz", ALL),
     ("GET", "/readyz", &[Role::Operator, Role::Auditor]),
@@ -64,6 +78,21 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
     ("GET", "/audit/key", ALL),
     ("GET", "/audit/consistency", ALL),
     ("GET", "/audit/proof", ALL),
+    ("POST", "/requests", SUBMIT),
+    ("GET", "/requests", GOVERNANCE),
+    ("GET", "/requests/{id}", GOVERNANCE),
+    ("POST", "/requests/{id}/amend", SUBMIT),
+    ("POST", "/requests/{id}/withdraw", SUBMIT),
+    ("POST", "/requests/{id}/approve", &[Role::EthicsBoard]),
+    ("POST", "/requests/{id}/reject", &[Role::EthicsBoard]),
+    ("GET", "/reviews", &[Role::EthicsBoard]),
+    ("GET", "/grants", GOVERNANCE),
+    (
+        "POST",
+        "/grants/{id}/revoke",
+        &[Role::EthicsBoard, Role::Operator],
+    ),
+    ("GET", "/grants/{id}/decision", &[Role::Researcher]),
 ];
 
 /// The router: [`ROUTES`] with their handlers, behind the role gate and the metrics.
@@ -100,6 +129,19 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/key", get(crate::audit_routes::key))
         .route("/audit/consistency", get(crate::audit_routes::consistency))
         .route("/audit/proof", get(crate::audit_routes::proof))
+        .route(
+            "/requests",
+            post(crate::governance::submit).get(crate::governance::list),
+        )
+        .route("/requests/{id}", get(crate::governance::show))
+        .route("/requests/{id}/amend", post(crate::governance::amend))
+        .route("/requests/{id}/withdraw", post(crate::governance::withdraw))
+        .route("/requests/{id}/approve", post(crate::governance::approve))
+        .route("/requests/{id}/reject", post(crate::governance::reject))
+        .route("/reviews", get(crate::governance::reviews))
+        .route("/grants", get(crate::governance::grants))
+        .route("/grants/{id}/revoke", post(crate::governance::revoke))
+        .route("/grants/{id}/decision", get(crate::governance::decision))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
@@ -138,18 +180,32 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     let resp = match (route, principal) {
         (_, None) => deny(StatusCode::UNAUTHORIZED, "no client certificate"),
         (route, Some(p)) => {
-            let (allowed, rule) = match &route {
-                None => (false, "no such route (deny by default)".to_string()),
-                Some(path) => match ROUTES.iter().find(|(m, r, _)| *m == method && r == path) {
-                    Some((_, _, roles)) if roles.contains(&p.role) => (
-                        true,
-                        format!("route table: {method} {path} admits {}", p.role),
-                    ),
-                    _ => (
-                        false,
-                        format!("route table: {method} {path} does not admit {}", p.role),
-                    ),
-                },
+            let decided = match &route {
+                None => Ok((false, "no such route (deny by default)".to_string())),
+                Some(path) => state
+                    .policy
+                    .decide(&policy::model::Query::route(
+                        &crate::governance::subject(&p),
+                        p.role.as_str(),
+                        &method,
+                        path,
+                        crate::record::now_ms(),
+                    ))
+                    .await
+                    .map(|d| (d.allow, d.rule)),
+            };
+            let (allowed, rule) = match decided {
+                Ok(d) => d,
+                Err(e) => {
+                    // No decision, no access: fail closed.
+                    tracing::error!(error = %e, "the policy cannot decide");
+                    let resp = deny(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the policy cannot decide this request; nothing was done",
+                    );
+                    state.metrics.record(&method, &label, 503, start.elapsed());
+                    return resp;
+                }
             };
             let ev = crate::record::event(
                 &crate::record::actor(&p),
@@ -200,7 +256,7 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
             } else if route.is_none() {
                 deny(StatusCode::NOT_FOUND, "no such route")
             } else {
-                tracing::info!(role = %p.role, route = %label, "denied by role");
+                tracing::info!(role = %p.role, route = %label, "denied by the policy");
                 deny(
                     StatusCode::FORBIDDEN,
                     &format!("the {} role may not {method} {label}", p.role),

@@ -26,6 +26,9 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
     } else {
         403
     };
+    let submit = matches!(role, "researcher" | "operator" | "ethics-board");
+    let governance = matches!(role, "researcher" | "operator" | "ethics-board" | "auditor");
+    let board = role == "ethics-board";
     match (method, path) {
         ("GET", "/healthz") => Some(all),
         ("GET", "/whoami") => Some(all),
@@ -54,6 +57,24 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
         ("GET", "/audit/events") => Some(if role == "auditor" { 200 } else { 403 }),
         ("GET", "/audit/checkpoint") | ("GET", "/audit/key") => Some(all),
         ("GET", "/audit/consistency") | ("GET", "/audit/proof") => Some(400),
+        // Governance, called with no body and an unknown request: past the gate the
+        // handler answers 400 (no body or no reason) or 404 (no such request).
+        ("POST", "/requests") | ("POST", "/requests/{id}/amend") => {
+            Some(if submit { 400 } else { 403 })
+        }
+        ("POST", "/requests/{id}/withdraw") => Some(if submit { 404 } else { 403 }),
+        ("GET", "/requests") | ("GET", "/grants") => Some(if governance { 200 } else { 403 }),
+        ("GET", "/requests/{id}") => Some(if governance { 404 } else { 403 }),
+        ("POST", "/requests/{id}/approve") => Some(if board { 404 } else { 403 }),
+        ("POST", "/requests/{id}/reject") => Some(if board { 400 } else { 403 }),
+        ("GET", "/reviews") => Some(if board { 200 } else { 403 }),
+        ("POST", "/grants/{id}/revoke") => Some(if board || role == "operator" {
+            400
+        } else {
+            403
+        }),
+        // Researchers pass the route; holding no such grant, the decision is a denial.
+        ("GET", "/grants/{id}/decision") => Some(403),
         _ => None,
     }
 }
@@ -82,7 +103,10 @@ fn every_route_times_every_caller() {
             let want = expected(m, p, role)
                 .unwrap_or_else(|| panic!("route {m} {p} has no row in the test matrix"));
             // Body-carrying calls are in stow_rs_from_dicomweb_client_and_curl.
-            let path = p.replace("{study}", "1.2.3").replace("{series}", "1.2.4");
+            let path = p
+                .replace("{study}", "1.2.3")
+                .replace("{series}", "1.2.4")
+                .replace("{id}", "req-0000");
             let (got, body) = curl_method(&s, m, &path, Some(&dev.join(role)));
             assert_eq!(got, Some(want), "{role} {m} {p}: {body}");
         }
@@ -90,7 +114,9 @@ fn every_route_times_every_caller() {
         assert_eq!(
             curl(
                 &s,
-                &p.replace("{study}", "1.2.3").replace("{series}", "1.2.4"),
+                &p.replace("{study}", "1.2.3")
+                    .replace("{series}", "1.2.4")
+                    .replace("{id}", "req-0000"),
                 None
             )
             .0,

@@ -91,7 +91,8 @@ impl SqlxAdapter {
         &self,
         f: impl for<'c> FnOnce(
                 &'c mut sqlx::AnyConnection,
-            ) -> futures_util::future::BoxFuture<'c, Result<Vec<String>, sqlx::Error>>
+            )
+                -> futures_util::future::BoxFuture<'c, Result<Vec<String>, sqlx::Error>>
             + Send
             + 'static,
     ) -> casbin::Result<bool> {
@@ -143,7 +144,10 @@ impl Adapter for SqlxAdapter {
             if let Some(map) = m.get_model().get(sec) {
                 for (ptype, ast) in map {
                     for rule in ast.get_policy() {
-                        rules.push(padded(ptype, rule).ok_or_else(|| err("a rule has more than six fields"))?);
+                        rules.push(
+                            padded(ptype, rule)
+                                .ok_or_else(|| err("a rule has more than six fields"))?,
+                        );
                     }
                 }
             }
@@ -179,7 +183,12 @@ impl Adapter for SqlxAdapter {
         self.filtered
     }
 
-    async fn add_policy(&mut self, _sec: &str, ptype: &str, rule: Vec<String>) -> casbin::Result<bool> {
+    async fn add_policy(
+        &mut self,
+        _sec: &str,
+        ptype: &str,
+        rule: Vec<String>,
+    ) -> casbin::Result<bool> {
         self.add_policies(_sec, ptype, vec![rule]).await
     }
 
@@ -208,7 +217,12 @@ impl Adapter for SqlxAdapter {
         .await
     }
 
-    async fn remove_policy(&mut self, _sec: &str, ptype: &str, rule: Vec<String>) -> casbin::Result<bool> {
+    async fn remove_policy(
+        &mut self,
+        _sec: &str,
+        ptype: &str,
+        rule: Vec<String>,
+    ) -> casbin::Result<bool> {
         self.remove_policies(_sec, ptype, vec![rule]).await
     }
 

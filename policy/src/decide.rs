@@ -60,7 +60,10 @@ pub struct Decider {
 }
 
 fn scope_fn(a: Dynamic, b: Dynamic) -> Dynamic {
-    let (a, b) = (a.into_string().unwrap_or_default(), b.into_string().unwrap_or_default());
+    let (a, b) = (
+        a.into_string().unwrap_or_default(),
+        b.into_string().unwrap_or_default(),
+    );
     Dynamic::from(model::scope_match(&a, &b))
 }
 
@@ -96,7 +99,10 @@ impl Decider {
 
     /// Like [`Decider::open`], running `configure` on each enforcer built. For tests
     /// only: it exists to show that an enforcer switched off is refused.
-    pub async fn open_with(store: PolicyStore, configure: Option<Configure>) -> Result<Self, PolicyError> {
+    pub async fn open_with(
+        store: PolicyStore,
+        configure: Option<Configure>,
+    ) -> Result<Self, PolicyError> {
         let version = store.version().await?;
         let d = Decider {
             store,

@@ -198,7 +198,10 @@ fn check_one_of(field: &str, v: &str, allowed: &[&str]) -> Result<(), String> {
     if allowed.contains(&v) {
         Ok(())
     } else {
-        Err(format!("cohort field {field}: must be one of {}", allowed.join(", ")))
+        Err(format!(
+            "cohort field {field}: must be one of {}",
+            allowed.join(", ")
+        ))
     }
 }
 
@@ -232,7 +235,11 @@ impl Cohort {
                 }
                 _ => "not a JSON object".into(),
             };
-            format!("cohort definition: {what} (line {}, column {})", e.line(), e.column())
+            format!(
+                "cohort definition: {what} (line {}, column {})",
+                e.line(),
+                e.column()
+            )
         })?;
         c.check()?;
         Ok(c)
@@ -392,11 +399,12 @@ pub fn why_denied(rules: &[Rule], q: &Query) -> String {
         }
     }
     match best {
-        Some((_, r, fails)) => format!("default deny: the nearest rule [{}] does not apply: {}", r.line(), fails.join("; ")),
-        None if q.dom == "*" => format!(
-            "default deny: no rule admits {} to {}",
-            q.role, q.obj
+        Some((_, r, fails)) => format!(
+            "default deny: the nearest rule [{}] does not apply: {}",
+            r.line(),
+            fails.join("; ")
         ),
+        None if q.dom == "*" => format!("default deny: no rule admits {} to {}", q.role, q.obj),
         None => format!("default deny: {} holds no rule in {}", q.sub, q.dom),
     }
 }
@@ -447,7 +455,10 @@ mod tests {
     #[test]
     fn time_keys_order_as_numbers() {
         assert!(time_key(999) < time_key(1000));
-        assert_eq!(parse_time_key(&time_key(1_790_000_000_000)), Some(1_790_000_000_000));
+        assert_eq!(
+            parse_time_key(&time_key(1_790_000_000_000)),
+            Some(1_790_000_000_000)
+        );
         assert_eq!(parse_time_key("12"), None);
     }
 }

@@ -119,9 +119,13 @@ impl Submission {
         if let Some(p) = &self.project {
             if p.is_empty()
                 || p.len() > 64
-                || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
             {
-                return Err("project must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '-' or '.'".into());
+                return Err(
+                    "project must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '-' or '.'".into(),
+                );
             }
         }
         printable("justification", &self.justification, 4000, false)?;
@@ -139,11 +143,17 @@ impl Submission {
                 if self.change.is_some() {
                     return Err("only a policy request carries a change".into());
                 }
-                self.cohort.as_ref().ok_or("a cohort is required")?.check()?;
+                self.cohort
+                    .as_ref()
+                    .ok_or("a cohort is required")?
+                    .check()?;
                 // The purpose travels in an HTTP header on every call: visible ASCII.
                 if self.purpose.trim().is_empty()
                     || self.purpose.len() > 200
-                    || !self.purpose.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                    || !self
+                        .purpose
+                        .chars()
+                        .all(|c| c.is_ascii_graphic() || c == ' ')
                 {
                     return Err("purpose must be 1 to 200 printable ASCII characters".into());
                 }
@@ -160,7 +170,10 @@ impl Submission {
                     (_, Some(m)) => {
                         printable("model name", &m.name, 200, true)?;
                         if m.sha256.len() != 64
-                            || !m.sha256.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                            || !m
+                                .sha256
+                                .chars()
+                                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
                         {
                             return Err("model sha256 must be 64 lower-case hex digits".into());
                         }
@@ -333,7 +346,9 @@ pub async fn delete_all(conn: &mut AnyConnection) -> Result<Vec<String>, sqlx::E
         .into_iter()
         .map(|r| r.get(0))
         .collect();
-    sqlx::query("DELETE FROM policy_rules").execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM policy_rules")
+        .execute(&mut *conn)
+        .await?;
     Ok(subjects)
 }
 
@@ -470,11 +485,13 @@ impl PolicyStore {
             Box::pin(async move {
                 let mut added = Vec::new();
                 for (key, rules) in &defaults {
-                    let fresh = sqlx::query("INSERT INTO policy_seeded (key) VALUES ($1) ON CONFLICT DO NOTHING")
-                        .bind(key.clone())
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected()
+                    let fresh = sqlx::query(
+                        "INSERT INTO policy_seeded (key) VALUES ($1) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(key.clone())
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
                         > 0;
                     if fresh {
                         for r in rules {
@@ -497,11 +514,13 @@ impl PolicyStore {
 
     /// The policy version now.
     pub async fn version(&self) -> Result<i64, PolicyError> {
-        Ok(sqlx::query("SELECT version FROM policy_version WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)?
-            .get(0))
+        Ok(
+            sqlx::query("SELECT version FROM policy_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)?
+                .get(0),
+        )
     }
 
     /// The version now and the subjects changed after `since`.
@@ -549,10 +568,12 @@ impl PolicyStore {
 
     /// Every `p` rule.
     pub async fn all_rules(&self) -> Result<Vec<Rule>, PolicyError> {
-        let rows = sqlx::query("SELECT v0, v1, v2, v3, v4, v5 FROM policy_rules WHERE ptype = 'p' ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT v0, v1, v2, v3, v4, v5 FROM policy_rules WHERE ptype = 'p' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -578,7 +599,8 @@ impl PolicyStore {
         submission.check().map_err(PolicyError::BadInput)?;
         let id = new_id()?;
         let now = now_ms();
-        let body = serde_json::to_string(&submission).map_err(|e| PolicyError::BadInput(e.to_string()))?;
+        let body =
+            serde_json::to_string(&submission).map_err(|e| PolicyError::BadInput(e.to_string()))?;
         let (who2, id2, sub2) = (who.clone(), id.clone(), submission.clone());
         with_write_tx(&self.pool, self.engine, self.lock.as_ref(), move |conn| {
             Box::pin(async move {
@@ -608,7 +630,9 @@ impl PolicyStore {
             })
         })
         .await?;
-        self.get(&id).await?.ok_or_else(|| PolicyError::NotFound(id))
+        self.get(&id)
+            .await?
+            .ok_or_else(|| PolicyError::NotFound(id))
     }
 
     /// Applies `step` by `who` to request `id`: amend (with `amended`), withdraw,
@@ -624,11 +648,14 @@ impl PolicyStore {
     ) -> Result<(Effect, RequestView), PolicyError> {
         printable("reason", reason, 2000, step == Step::Reject).map_err(PolicyError::BadInput)?;
         if step == Step::Amend {
-            let a = amended.as_ref().ok_or_else(|| PolicyError::BadInput("an amendment needs the new content".into()))?;
+            let a = amended.as_ref().ok_or_else(|| {
+                PolicyError::BadInput("an amendment needs the new content".into())
+            })?;
             a.check().map_err(PolicyError::BadInput)?;
         }
         let now = now_ms();
-        let (id2, who2, reason2, engine) = (id.to_string(), who.clone(), reason.to_string(), self.engine);
+        let (id2, who2, reason2, engine) =
+            (id.to_string(), who.clone(), reason.to_string(), self.engine);
         let effect = with_write_tx(&self.pool, self.engine, self.lock.as_ref(), move |conn| {
             Box::pin(async move {
                 let stored = load(conn, &id2, engine == Engine::Postgres)
@@ -788,7 +815,10 @@ impl PolicyStore {
             })
         })
         .await?;
-        let view = self.get(id).await?.ok_or_else(|| PolicyError::NotFound(id.to_string()))?;
+        let view = self
+            .get(id)
+            .await?
+            .ok_or_else(|| PolicyError::NotFound(id.to_string()))?;
         Ok((effect, view))
     }
 
@@ -921,7 +951,11 @@ impl PolicyStore {
     }
 }
 
-async fn run_hook(conn: &mut AnyConnection, hook: Option<InTx>, change: Change) -> Result<(), PolicyError> {
+async fn run_hook(
+    conn: &mut AnyConnection,
+    hook: Option<InTx>,
+    change: Change,
+) -> Result<(), PolicyError> {
     match hook {
         Some(h) => h(conn, &change).await.map_err(PolicyError::Audit),
         None => Ok(()),
@@ -942,22 +976,32 @@ fn stored_from(r: &sqlx::any::AnyRow) -> Result<Stored, PolicyError> {
         requester_site: r.get(2),
         submission: serde_json::from_str(&body)
             .map_err(|_| PolicyError::Database("a stored request cannot be read back".into()))?,
-        status: Status::parse(&status)
-            .ok_or_else(|| PolicyError::Database("a stored request has an unknown status".into()))?,
+        status: Status::parse(&status).ok_or_else(|| {
+            PolicyError::Database("a stored request has an unknown status".into())
+        })?,
         revision: r.get::<i64, _>(5) as u64,
         created_ms: r.get::<i64, _>(6) as u64,
         updated_ms: r.get::<i64, _>(7) as u64,
     })
 }
 
-async fn load(conn: &mut AnyConnection, id: &str, for_update: bool) -> Result<Option<Stored>, sqlx::Error> {
+async fn load(
+    conn: &mut AnyConnection,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<Stored>, sqlx::Error> {
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE id = $1{}",
         if for_update { " FOR UPDATE" } else { "" }
     );
-    let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&mut *conn).await?;
+    let row = sqlx::query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
     match row {
-        Some(r) => stored_from(&r).map(Some).map_err(|e| sqlx::Error::Protocol(e.to_string())),
+        Some(r) => stored_from(&r)
+            .map(Some)
+            .map_err(|e| sqlx::Error::Protocol(e.to_string())),
         None => Ok(None),
     }
 }
@@ -988,7 +1032,11 @@ fn grant_from(r: &sqlx::any::AnyRow, now: u64) -> GrantView {
         id: r.get(0),
         subject: r.get(1),
         scope: r.get(2),
-        actions: actions.split(',').filter(|a| !a.is_empty()).map(String::from).collect(),
+        actions: actions
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect(),
         purpose: r.get(4),
         starts_ms: r.get::<i64, _>(5) as u64,
         ends_ms: ends,
@@ -999,19 +1047,29 @@ fn grant_from(r: &sqlx::any::AnyRow, now: u64) -> GrantView {
     }
 }
 
-async fn grant(conn: &mut AnyConnection, id: &str, now: u64) -> Result<Option<GrantView>, sqlx::Error> {
-    Ok(sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM access_grants WHERE request_id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| grant_from(&r, now)))
+async fn grant(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: u64,
+) -> Result<Option<GrantView>, sqlx::Error> {
+    Ok(sqlx::query(&format!(
+        "SELECT {GRANT_COLUMNS} FROM access_grants WHERE request_id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| grant_from(&r, now)))
 }
 
-async fn settings(conn: &mut AnyConnection, project: &str) -> Result<workflow::ProjectSettings, sqlx::Error> {
-    let row = sqlx::query("SELECT quorum, forbid_same_site FROM policy_settings WHERE project = $1")
-        .bind(project.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
+async fn settings(
+    conn: &mut AnyConnection,
+    project: &str,
+) -> Result<workflow::ProjectSettings, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT quorum, forbid_same_site FROM policy_settings WHERE project = $1")
+            .bind(project.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
     Ok(match row {
         Some(r) => workflow::ProjectSettings {
             project: project.to_string(),
@@ -1026,7 +1084,10 @@ async fn settings(conn: &mut AnyConnection, project: &str) -> Result<workflow::P
     })
 }
 
-async fn put_settings(conn: &mut AnyConnection, s: &workflow::ProjectSettings) -> Result<(), sqlx::Error> {
+async fn put_settings(
+    conn: &mut AnyConnection,
+    s: &workflow::ProjectSettings,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO policy_settings (project, quorum, forbid_same_site) VALUES ($1, $2, $3)
          ON CONFLICT (project) DO UPDATE SET quorum = excluded.quorum, forbid_same_site = excluded.forbid_same_site",

@@ -160,11 +160,16 @@ impl PolicyChange {
                 .sub
                 .strip_prefix("role:")
                 .is_some_and(|role| ROLES.contains(&role));
-            let route_ok = r
-                .obj
-                .split_once(' ')
-                .is_some_and(|(m, p)| matches!(m, "GET" | "POST" | "PUT" | "DELETE") && p.starts_with('/'));
-            if !role_ok || r.dom != "*" || r.act != "call" || r.purpose != "*" || r.until != "*" || !route_ok {
+            let route_ok = r.obj.split_once(' ').is_some_and(|(m, p)| {
+                matches!(m, "GET" | "POST" | "PUT" | "DELETE") && p.starts_with('/')
+            });
+            if !role_ok
+                || r.dom != "*"
+                || r.act != "call"
+                || r.purpose != "*"
+                || r.until != "*"
+                || !route_ok
+            {
                 return Err(format!(
                     "policy changes may only add or remove role rules (p, role:ROLE, *, METHOD /route, call, *, *); refused: {}",
                     r.line()
@@ -278,7 +283,10 @@ pub fn step(facts: &Facts<'_>, step: Step, who: &Person) -> Result<Effect, Strin
     match step {
         Step::Amend | Step::Withdraw => {
             if who.subject != facts.requester {
-                return Err(format!("only its requester may {} a request", step.as_str()));
+                return Err(format!(
+                    "only its requester may {} a request",
+                    step.as_str()
+                ));
             }
             if step == Step::Withdraw {
                 return Ok(Effect::Withdrawn);
@@ -399,9 +407,11 @@ mod tests {
                 }
             }
         }
-        assert!(step(&facts(Status::Approved, &[]), Step::Withdraw, &requester)
-            .unwrap_err()
-            .contains("revoke its grant"));
+        assert!(
+            step(&facts(Status::Approved, &[]), Step::Withdraw, &requester)
+                .unwrap_err()
+                .contains("revoke its grant")
+        );
     }
 
     #[test]
@@ -423,15 +433,21 @@ mod tests {
         assert!(step(&f, Step::Approve, &person("r", "ethics-board", None))
             .unwrap_err()
             .contains("submitted"));
-        assert!(
-            step(&f, Step::Approve, &person("b3", "ethics-board", Some("SITE_A")))
-                .unwrap_err()
-                .contains("own site")
-        );
+        assert!(step(
+            &f,
+            Step::Approve,
+            &person("b3", "ethics-board", Some("SITE_A"))
+        )
+        .unwrap_err()
+        .contains("own site"));
         let mut g = f.clone();
         g.forbid_same_site = false;
         assert_eq!(
-            step(&g, Step::Approve, &person("b3", "ethics-board", Some("SITE_A"))),
+            step(
+                &g,
+                Step::Approve,
+                &person("b3", "ethics-board", Some("SITE_A"))
+            ),
             Ok(Effect::Approved)
         );
         assert!(step(&f, Step::Approve, &person("o", "operator", None))
@@ -449,10 +465,22 @@ mod tests {
 
     #[test]
     fn expiry_is_a_matter_of_time() {
-        assert_eq!(status_at(Status::Approved, Some(100), false, 99), Status::Approved);
-        assert_eq!(status_at(Status::Approved, Some(100), false, 100), Status::Expired);
-        assert_eq!(status_at(Status::Approved, Some(100), true, 0), Status::Expired);
-        assert_eq!(status_at(Status::Rejected, Some(1), false, 5), Status::Rejected);
+        assert_eq!(
+            status_at(Status::Approved, Some(100), false, 99),
+            Status::Approved
+        );
+        assert_eq!(
+            status_at(Status::Approved, Some(100), false, 100),
+            Status::Expired
+        );
+        assert_eq!(
+            status_at(Status::Approved, Some(100), true, 0),
+            Status::Expired
+        );
+        assert_eq!(
+            status_at(Status::Rejected, Some(1), false, 5),
+            Status::Rejected
+        );
     }
 
     #[test]
@@ -473,7 +501,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(grant.check().unwrap_err().contains("only add or remove role rules"));
+        assert!(grant
+            .check()
+            .unwrap_err()
+            .contains("only add or remove role rules"));
         let one = PolicyChange {
             settings: Some(ProjectSettings {
                 project: "p".into(),

@@ -95,13 +95,28 @@ async fn casbin_runs_on_the_sqlx_adapter_on_both_databases() {
         let v0 = store.version().await.unwrap();
         let r = Rule::route("auditor", "GET", "/metrics");
         assert!(e.add_policy(r.values()).await.unwrap(), "{url}");
-        assert!(!e.add_policy(r.values()).await.unwrap(), "{url}: a duplicate is not added");
+        assert!(
+            !e.add_policy(r.values()).await.unwrap(),
+            "{url}: a duplicate is not added"
+        );
         let r2 = Rule::route("operator", "GET", "/metrics");
-        e.add_policies(vec![r2.values(), Rule::route("operator", "GET", "/readyz").values()])
-            .await
-            .unwrap();
-        assert!(store.version().await.unwrap() > v0, "{url}: writes bump the version");
-        let q = Query::route("spiffe://prostatenet/auditor/ann", "auditor", "GET", "/metrics", 1);
+        e.add_policies(vec![
+            r2.values(),
+            Rule::route("operator", "GET", "/readyz").values(),
+        ])
+        .await
+        .unwrap();
+        assert!(
+            store.version().await.unwrap() > v0,
+            "{url}: writes bump the version"
+        );
+        let q = Query::route(
+            "spiffe://prostatenet/auditor/ann",
+            "auditor",
+            "GET",
+            "/metrics",
+            1,
+        );
         assert!(e.enforce(q.values()).unwrap());
         // A fresh enforcer loads what the first one saved.
         let m = DefaultModel::from_str(MODEL).await.unwrap();
@@ -147,9 +162,13 @@ async fn a_decider_refuses_an_enforcer_that_is_off() {
     }
     // The check itself: an enforcer that is off (casbin then allows everything).
     let m = DefaultModel::from_str(MODEL).await.unwrap();
-    let mut e = Enforcer::new(m, casbin::MemoryAdapter::default()).await.unwrap();
+    let mut e = Enforcer::new(m, casbin::MemoryAdapter::default())
+        .await
+        .unwrap();
     e.enable_enforce(false);
-    assert!(e.enforce(Query::route("x", "y", "GET", "/", 0).values()).unwrap());
+    assert!(e
+        .enforce(Query::route("x", "y", "GET", "/", 0).values())
+        .unwrap());
     assert!(matches!(check_enforcing(&e), Err(PolicyError::Disabled)));
     e.enable_enforce(true);
     assert!(check_enforcing(&e).is_ok());
@@ -169,41 +188,78 @@ async fn the_whole_workflow_with_decisions_and_their_rules() {
         let decider = Decider::open(store.clone()).await.unwrap();
         let bob = person(BOB, "researcher", None);
         let r = store
-            .submit(&bob, data_request(&["SITE_A"], "csPCa-validation", 30), None)
+            .submit(
+                &bob,
+                data_request(&["SITE_A"], "csPCa-validation", 30),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(r.status, Status::Submitted, "{url}");
         assert_eq!(r.revision, 1);
         // Amended before any review.
         let (eff, r) = store
-            .act(&r.id, Step::Amend, &bob, Some(data_request(&["SITE_A", "SITE_B"], "csPCa-validation", 30)), "", None)
+            .act(
+                &r.id,
+                Step::Amend,
+                &bob,
+                Some(data_request(&["SITE_A", "SITE_B"], "csPCa-validation", 30)),
+                "",
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(eff, Effect::Amended);
         assert_eq!(r.revision, 2);
         // Someone else cannot amend or withdraw it.
         let eve = person(EVE, "researcher", None);
-        let e = store.act(&r.id, Step::Withdraw, &eve, None, "", None).await.unwrap_err();
+        let e = store
+            .act(&r.id, Step::Withdraw, &eve, None, "", None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("only its requester"), "{e}");
         // Before approval: nothing granted.
-        let q = grant_query(BOB, &r.id, "cohort:", "search", "csPCa-validation", now_ms());
+        let q = grant_query(
+            BOB,
+            &r.id,
+            "cohort:",
+            "search",
+            "csPCa-validation",
+            now_ms(),
+        );
         let d = decider.decide(&q).await.unwrap();
         assert!(!d.allow);
         assert!(d.rule.contains("holds no rule"), "{}", d.rule);
         // First approval counted; amend now refused.
-        let (eff, _) = store.act(&r.id, Step::Approve, &board(1), None, "", None).await.unwrap();
+        let (eff, _) = store
+            .act(&r.id, Step::Approve, &board(1), None, "", None)
+            .await
+            .unwrap();
         assert_eq!(eff, Effect::Counted { have: 1, need: 2 });
         let e = store
-            .act(&r.id, Step::Amend, &bob, Some(data_request(&["SITE_C"], "x", 1)), "", None)
+            .act(
+                &r.id,
+                Step::Amend,
+                &bob,
+                Some(data_request(&["SITE_C"], "x", 1)),
+                "",
+                None,
+            )
             .await
             .unwrap_err();
         assert!(e.to_string().contains("once a review"), "{e}");
         // Self-review: a researcher who is also... the requester can never review; a
         // board member twice neither.
-        let e = store.act(&r.id, Step::Approve, &board(1), None, "", None).await.unwrap_err();
+        let e = store
+            .act(&r.id, Step::Approve, &board(1), None, "", None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("already reviewed"), "{e}");
         // Quorum: approved, grant in force.
-        let (eff, r) = store.act(&r.id, Step::Approve, &board(2), None, "", None).await.unwrap();
+        let (eff, r) = store
+            .act(&r.id, Step::Approve, &board(2), None, "", None)
+            .await
+            .unwrap();
         assert_eq!(eff, Effect::Approved);
         assert_eq!(r.status, Status::Approved);
         let g = r.grant.clone().unwrap();
@@ -211,35 +267,106 @@ async fn the_whole_workflow_with_decisions_and_their_rules() {
         assert_eq!(g.scope, "cohort:site=SITE_A|SITE_B;vendor=ge|siemens");
         // Inside the grant: allowed, by the grant's rule.
         let t = now_ms();
-        let ok = grant_query(BOB, &r.id, &resource_scope(&[("site", "SITE_B")]), "search", "csPCa-validation", t);
+        let ok = grant_query(
+            BOB,
+            &r.id,
+            &resource_scope(&[("site", "SITE_B")]),
+            "search",
+            "csPCa-validation",
+            t,
+        );
         let d = decider.decide(&ok).await.unwrap();
         assert!(d.allow, "{url}: {}", d.rule);
-        assert!(d.rule.starts_with(&format!("p, {BOB}, grant:{}", r.id)), "{}", d.rule);
+        assert!(
+            d.rule.starts_with(&format!("p, {BOB}, grant:{}", r.id)),
+            "{}",
+            d.rule
+        );
         // Outside the cohort, the action, the purpose, the time, the subject: denied,
         // each saying why.
         for (q, why) in [
             (
-                Query { obj: resource_scope(&[("site", "SITE_C")]), ..ok.clone() },
+                Query {
+                    obj: resource_scope(&[("site", "SITE_C")]),
+                    ..ok.clone()
+                },
                 "site SITE_C is outside the granted cohort",
             ),
             (
-                Query { obj: resource_scope(&[("vendor", "philips")]), ..ok.clone() },
+                Query {
+                    obj: resource_scope(&[("vendor", "philips")]),
+                    ..ok.clone()
+                },
                 "vendor philips is outside",
             ),
-            (Query { act: "run".into(), ..ok.clone() }, "action run is not granted"),
-            (Query { purpose: "marketing".into(), ..ok.clone() }, "purpose is not the granted one"),
-            (Query { purpose: String::new(), ..ok.clone() }, "no purpose was declared"),
-            (Query { now_ms: g.ends_ms, ..ok.clone() }, "it ended at"),
-            (Query { sub: EVE.into(), ..ok.clone() }, "holds no rule"),
-            (Query { dom: "grant:req-other".into(), ..ok.clone() }, "holds no rule"),
+            (
+                Query {
+                    act: "run".into(),
+                    ..ok.clone()
+                },
+                "action run is not granted",
+            ),
+            (
+                Query {
+                    purpose: "marketing".into(),
+                    ..ok.clone()
+                },
+                "purpose is not the granted one",
+            ),
+            (
+                Query {
+                    purpose: String::new(),
+                    ..ok.clone()
+                },
+                "no purpose was declared",
+            ),
+            (
+                Query {
+                    now_ms: g.ends_ms,
+                    ..ok.clone()
+                },
+                "it ended at",
+            ),
+            (
+                Query {
+                    sub: EVE.into(),
+                    ..ok.clone()
+                },
+                "holds no rule",
+            ),
+            (
+                Query {
+                    dom: "grant:req-other".into(),
+                    ..ok.clone()
+                },
+                "holds no rule",
+            ),
         ] {
             let d = decider.decide(&q).await.unwrap();
             assert!(!d.allow, "{url}: {q:?}");
             assert!(d.rule.contains(why), "{url}: {q:?}: {}", d.rule);
         }
         // The expiry boundary: the last millisecond allowed, the end itself denied.
-        assert!(decider.decide(&Query { now_ms: g.ends_ms - 1, ..ok.clone() }).await.unwrap().allow);
-        assert!(!decider.decide(&Query { now_ms: g.ends_ms, ..ok.clone() }).await.unwrap().allow);
+        assert!(
+            decider
+                .decide(&Query {
+                    now_ms: g.ends_ms - 1,
+                    ..ok.clone()
+                })
+                .await
+                .unwrap()
+                .allow
+        );
+        assert!(
+            !decider
+                .decide(&Query {
+                    now_ms: g.ends_ms,
+                    ..ok.clone()
+                })
+                .await
+                .unwrap()
+                .allow
+        );
         // Approved requests take no more steps.
         for (step, who) in [
             (Step::Approve, board(3)),
@@ -248,7 +375,14 @@ async fn the_whole_workflow_with_decisions_and_their_rules() {
             (Step::Amend, bob.clone()),
         ] {
             let e = store
-                .act(&r.id, step, &who, Some(data_request(&["SITE_A"], "p", 1)), "because", None)
+                .act(
+                    &r.id,
+                    step,
+                    &who,
+                    Some(data_request(&["SITE_A"], "p", 1)),
+                    "because",
+                    None,
+                )
                 .await
                 .unwrap_err();
             assert!(matches!(e, PolicyError::Refused(_)), "{e}");
@@ -262,26 +396,59 @@ async fn the_whole_workflow_with_decisions_and_their_rules() {
         assert!(!revoked.in_force);
         let d = decider.decide(&ok).await.unwrap();
         assert!(!d.allow, "{url}: a revoked grant still allows");
-        assert_eq!(store.get(&r.id).await.unwrap().unwrap().status, Status::Expired);
-        let e = store.revoke(&r.id, &board(3), "again", None).await.unwrap_err();
+        assert_eq!(
+            store.get(&r.id).await.unwrap().unwrap().status,
+            Status::Expired
+        );
+        let e = store
+            .revoke(&r.id, &board(3), "again", None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("already revoked"), "{e}");
         // Rejection and withdrawal.
-        let r2 = store.submit(&bob, data_request(&["SITE_A"], "p", 5), None).await.unwrap();
-        let e = store.act(&r2.id, Step::Reject, &board(1), None, "", None).await.unwrap_err();
+        let r2 = store
+            .submit(&bob, data_request(&["SITE_A"], "p", 5), None)
+            .await
+            .unwrap();
+        let e = store
+            .act(&r2.id, Step::Reject, &board(1), None, "", None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("reason is required"), "{e}");
-        let (eff, r2) = store.act(&r2.id, Step::Reject, &board(1), None, "no protocol", None).await.unwrap();
+        let (eff, r2) = store
+            .act(&r2.id, Step::Reject, &board(1), None, "no protocol", None)
+            .await
+            .unwrap();
         assert_eq!(eff, Effect::Rejected);
         assert_eq!(r2.status, Status::Rejected);
-        let r3 = store.submit(&bob, data_request(&["SITE_A"], "p", 5), None).await.unwrap();
-        let (_, r3) = store.act(&r3.id, Step::Withdraw, &bob, None, "", None).await.unwrap();
+        let r3 = store
+            .submit(&bob, data_request(&["SITE_A"], "p", 5), None)
+            .await
+            .unwrap();
+        let (_, r3) = store
+            .act(&r3.id, Step::Withdraw, &bob, None, "", None)
+            .await
+            .unwrap();
         assert_eq!(r3.status, Status::Withdrawn);
-        let e = store.act(&r3.id, Step::Approve, &board(1), None, "", None).await.unwrap_err();
+        let e = store
+            .act(&r3.id, Step::Approve, &board(1), None, "", None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("withdrawn"), "{e}");
         // Listing.
         assert_eq!(store.list(Some(BOB), None).await.unwrap().len(), 3);
-        assert_eq!(store.list(None, Some(Status::Rejected)).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .list(None, Some(Status::Rejected))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(matches!(
-            store.act("req-nope", Step::Withdraw, &bob, None, "", None).await,
+            store
+                .act("req-nope", Step::Withdraw, &bob, None, "", None)
+                .await,
             Err(PolicyError::NotFound(_))
         ));
         store.close().await;
@@ -296,31 +463,85 @@ async fn bad_submissions_name_the_field() {
     let bob = person(BOB, "researcher", None);
     let base = data_request(&["SITE_A"], "p", 5);
     for (s, why) in [
-        (Submission { purpose: " ".into(), ..base.clone() }, "purpose"),
-        (Submission { purpose: "détection".into(), ..base.clone() }, "purpose"),
-        (Submission { days: 0, ..base.clone() }, "days"),
-        (Submission { cohort: None, ..base.clone() }, "cohort"),
         (
-            Submission { model: Some(ModelRef { name: "m".into(), sha256: "00".into() }), ..base.clone() },
+            Submission {
+                purpose: " ".into(),
+                ..base.clone()
+            },
+            "purpose",
+        ),
+        (
+            Submission {
+                purpose: "détection".into(),
+                ..base.clone()
+            },
+            "purpose",
+        ),
+        (
+            Submission {
+                days: 0,
+                ..base.clone()
+            },
+            "days",
+        ),
+        (
+            Submission {
+                cohort: None,
+                ..base.clone()
+            },
+            "cohort",
+        ),
+        (
+            Submission {
+                model: Some(ModelRef {
+                    name: "m".into(),
+                    sha256: "00".into(),
+                }),
+                ..base.clone()
+            },
             "names no model",
         ),
-        (Submission { kind: Kind::Service, ..base.clone() }, "names its model"),
         (
             Submission {
                 kind: Kind::Service,
-                model: Some(ModelRef { name: "m".into(), sha256: "AB".repeat(32) }),
+                ..base.clone()
+            },
+            "names its model",
+        ),
+        (
+            Submission {
+                kind: Kind::Service,
+                model: Some(ModelRef {
+                    name: "m".into(),
+                    sha256: "AB".repeat(32),
+                }),
                 ..base.clone()
             },
             "sha256",
         ),
-        (Submission { kind: Kind::Policy, ..base.clone() }, "a change, not a cohort"),
-        (Submission { project: Some("a b".into()), ..base.clone() }, "project"),
+        (
+            Submission {
+                kind: Kind::Policy,
+                ..base.clone()
+            },
+            "a change, not a cohort",
+        ),
+        (
+            Submission {
+                project: Some("a b".into()),
+                ..base.clone()
+            },
+            "project",
+        ),
     ] {
         let e = store.submit(&bob, s, None).await.unwrap_err();
         assert!(matches!(e, PolicyError::BadInput(_)), "{e}");
         assert!(e.to_string().contains(why), "{why}: {e}");
     }
-    assert!(store.list(None, None).await.unwrap().is_empty(), "nothing stored");
+    assert!(
+        store.list(None, None).await.unwrap().is_empty(),
+        "nothing stored"
+    );
 }
 
 #[tokio::test]
@@ -329,7 +550,10 @@ async fn racing_reviews_count_once_each() {
     for (url, store) in stores("races", dir.path()).await {
         let bob = person(BOB, "researcher", None);
         for round in 0..3 {
-            let r = store.submit(&bob, data_request(&["SITE_A"], "p", 5), None).await.unwrap();
+            let r = store
+                .submit(&bob, data_request(&["SITE_A"], "p", 5), None)
+                .await
+                .unwrap();
             // Eight distinct members and one member twice, all at once.
             let mut set = tokio::task::JoinSet::new();
             for who in (1..=8).map(board).chain([board(1)]) {
@@ -348,7 +572,11 @@ async fn racing_reviews_count_once_each() {
                     Err(e) => panic!("{url} round {round}: {e}"),
                 }
             }
-            assert_eq!((counted, approved, refused), (1, 1, 7), "{url} round {round}");
+            assert_eq!(
+                (counted, approved, refused),
+                (1, 1, 7),
+                "{url} round {round}"
+            );
             let v = store.get(&r.id).await.unwrap().unwrap();
             assert_eq!(v.reviews.len(), 2, "{url}");
             assert_eq!(v.status, Status::Approved);
@@ -375,13 +603,22 @@ async fn policy_changes_need_the_board_and_reach_every_replica_at_once() {
             .unwrap();
         // Seeding is once per key: a second seed adds nothing.
         assert!(other
-            .seed(&[("GET /metrics".into(), vec![Rule::route("auditor", "GET", "/metrics")])])
+            .seed(&[(
+                "GET /metrics".into(),
+                vec![Rule::route("auditor", "GET", "/metrics")]
+            )])
             .await
             .unwrap()
             .is_empty());
         let d1 = Decider::open(store.clone()).await.unwrap();
         let d2 = Decider::open(other.clone()).await.unwrap();
-        let q = Query::route("spiffe://prostatenet/auditor/ann", "auditor", "GET", "/metrics", now_ms());
+        let q = Query::route(
+            "spiffe://prostatenet/auditor/ann",
+            "auditor",
+            "GET",
+            "/metrics",
+            now_ms(),
+        );
         assert!(d1.decide(&q).await.unwrap().allow);
         assert!(d2.decide(&q).await.unwrap().allow);
         // An operator proposes removing the auditors' access; the operator cannot approve
@@ -406,40 +643,84 @@ async fn policy_changes_need_the_board_and_reach_every_replica_at_once() {
             }),
         };
         let r = store.submit(&op, change, None).await.unwrap();
-        let e = store.act(&r.id, Step::Approve, &op, None, "", None).await.unwrap_err();
+        let e = store
+            .act(&r.id, Step::Approve, &op, None, "", None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("only ethics board"), "{e}");
-        store.act(&r.id, Step::Approve, &board(1), None, "", None).await.unwrap();
-        assert!(d2.decide(&q).await.unwrap().allow, "one approval changes nothing");
-        let (eff, _) = other.act(&r.id, Step::Approve, &board(2), None, "", None).await.unwrap();
+        store
+            .act(&r.id, Step::Approve, &board(1), None, "", None)
+            .await
+            .unwrap();
+        assert!(
+            d2.decide(&q).await.unwrap().allow,
+            "one approval changes nothing"
+        );
+        let (eff, _) = other
+            .act(&r.id, Step::Approve, &board(2), None, "", None)
+            .await
+            .unwrap();
         assert_eq!(eff, Effect::Approved);
         // Both replicas deny at once, with the reason.
         for d in [&d1, &d2] {
             let dec = d.decide(&q).await.unwrap();
             assert!(!dec.allow, "{url}");
-            assert!(dec.rule.contains("no rule admits role:auditor"), "{}", dec.rule);
+            assert!(
+                dec.rule.contains("no rule admits role:auditor"),
+                "{}",
+                dec.rule
+            );
         }
-        assert!(d2
-            .decide(&Query::route("spiffe://prostatenet/operator/olga", "operator", "GET", "/metrics", 0))
+        assert!(
+            d2.decide(&Query::route(
+                "spiffe://prostatenet/operator/olga",
+                "operator",
+                "GET",
+                "/metrics",
+                0
+            ))
             .await
             .unwrap()
-            .allow);
+            .allow
+        );
         // The new quorum and same-site rule are in force.
         assert_eq!(store.settings("prostatenet").await.unwrap().quorum, 3);
         let bob = person(BOB, "researcher", Some("SITE_1"));
-        let r = store.submit(&bob, data_request(&["SITE_A"], "p", 5), None).await.unwrap();
+        let r = store
+            .submit(&bob, data_request(&["SITE_A"], "p", 5), None)
+            .await
+            .unwrap();
         assert_eq!(r.quorum, 3);
-        let e = store.act(&r.id, Step::Approve, &board(1), None, "", None).await.unwrap_err();
+        let e = store
+            .act(&r.id, Step::Approve, &board(1), None, "", None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("own site"), "{e}");
         // A grant revoked through one replica denies on the other at its next call.
-        store.act(&r.id, Step::Approve, &board(2), None, "", None).await.unwrap();
-        store.act(&r.id, Step::Approve, &board(3), None, "", None).await.unwrap();
-        let (_, r) = store.act(&r.id, Step::Approve, &board(4), None, "", None).await.unwrap();
+        store
+            .act(&r.id, Step::Approve, &board(2), None, "", None)
+            .await
+            .unwrap();
+        store
+            .act(&r.id, Step::Approve, &board(3), None, "", None)
+            .await
+            .unwrap();
+        let (_, r) = store
+            .act(&r.id, Step::Approve, &board(4), None, "", None)
+            .await
+            .unwrap();
         assert_eq!(r.status, Status::Approved);
         let gq = grant_query(BOB, &r.id, "cohort:", "search", "p", now_ms());
         assert!(d2.decide(&gq).await.unwrap().allow, "{url}");
-        store.revoke(&r.id, &op, "operator stop", None).await.unwrap();
+        store
+            .revoke(&r.id, &op, "operator stop", None)
+            .await
+            .unwrap();
         let dec = d2.decide(&gq).await.unwrap();
-        assert!(!dec.allow, "{url}: the other replica still allows a revoked grant");
+        assert!(
+            !dec.allow,
+            "{url}: the other replica still allows a revoked grant"
+        );
         other.close().await;
         store.close().await;
     }
@@ -450,7 +731,9 @@ async fn the_explanation_agrees_with_casbin() {
     // why_denied mirrors the matcher: on random queries over a set of rules, it says
     // "allowed" exactly when casbin allows.
     let m = DefaultModel::from_str(MODEL).await.unwrap();
-    let mut e = Enforcer::new(m, casbin::MemoryAdapter::default()).await.unwrap();
+    let mut e = Enforcer::new(m, casbin::MemoryAdapter::default())
+        .await
+        .unwrap();
     e.add_function(
         policy::model::SCOPE_FN,
         casbin::function_map::OperatorFunction::Arg2(|a, b| {
@@ -496,7 +779,15 @@ async fn the_explanation_agrees_with_casbin() {
             dom: pick(s >> 5, &["*", "grant:g1", "grant:g2"]),
             obj: pick(
                 s >> 8,
-                &["GET /grants", "cohort:", "cohort:site=A", "cohort:site=C", "cohort:vendor=ge;site=B", "cohort:model=abc", "cohort:model=x"],
+                &[
+                    "GET /grants",
+                    "cohort:",
+                    "cohort:site=A",
+                    "cohort:site=C",
+                    "cohort:vendor=ge;site=B",
+                    "cohort:model=abc",
+                    "cohort:model=x",
+                ],
             ),
             act: pick(s >> 11, &["call", "search", "run"]),
             purpose: pick(s >> 13, &["", "p1", "p2"]),
@@ -507,7 +798,10 @@ async fn the_explanation_agrees_with_casbin() {
         assert_eq!(casbin_says, ours, "{q:?}");
         allowed += usize::from(casbin_says);
     }
-    assert!(allowed > 50, "the sample must exercise allows too ({allowed})");
+    assert!(
+        allowed > 50,
+        "the sample must exercise allows too ({allowed})"
+    );
 }
 
 #[tokio::test]
@@ -520,18 +814,43 @@ async fn a_service_grant_names_its_model() {
     let sha = "ab".repeat(32);
     let s = Submission {
         kind: Kind::Service,
-        model: Some(ModelRef { name: "csPCa classifier v1".into(), sha256: sha.clone() }),
+        model: Some(ModelRef {
+            name: "csPCa classifier v1".into(),
+            sha256: sha.clone(),
+        }),
         ..data_request(&["SITE_A"], "fine-tune", 10)
     };
     let r = store.submit(&bob, s, None).await.unwrap();
-    store.act(&r.id, Step::Approve, &board(1), None, "", None).await.unwrap();
-    let (_, r) = store.act(&r.id, Step::Approve, &board(2), None, "", None).await.unwrap();
-    let run = grant_query(BOB, &r.id, &format!("cohort:model={sha}"), "run", "fine-tune", now_ms());
+    store
+        .act(&r.id, Step::Approve, &board(1), None, "", None)
+        .await
+        .unwrap();
+    let (_, r) = store
+        .act(&r.id, Step::Approve, &board(2), None, "", None)
+        .await
+        .unwrap();
+    let run = grant_query(
+        BOB,
+        &r.id,
+        &format!("cohort:model={sha}"),
+        "run",
+        "fine-tune",
+        now_ms(),
+    );
     assert!(decider.decide(&run).await.unwrap().allow);
-    let other = Query { obj: format!("cohort:model={}", "cd".repeat(32)), ..run.clone() };
+    let other = Query {
+        obj: format!("cohort:model={}", "cd".repeat(32)),
+        ..run.clone()
+    };
     let d = decider.decide(&other).await.unwrap();
     assert!(!d.allow);
     assert!(d.rule.contains("model"), "{}", d.rule);
-    let search = Query { act: "search".into(), ..run };
-    assert!(!decider.decide(&search).await.unwrap().allow, "a service grant does not allow search");
+    let search = Query {
+        act: "search".into(),
+        ..run
+    };
+    assert!(
+        !decider.decide(&search).await.unwrap().allow,
+        "a service grant does not allow search"
+    );
 }
