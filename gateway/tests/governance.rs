@@ -1,0 +1,573 @@
+//! Governance end to end: the `hbs request`, `hbs review` and `hbs grants` commands
+//! against a running gateway over mTLS, the audit log holding the whole history, and two
+//! gateways on one PostgreSQL where a revocation on one denies on the other at once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+/// Runs `hbs ARGS` as the holder of the certificates in `who` against `s`.
+fn hbs_as(s: &Server, who: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(args)
+        .arg("--gateway")
+        .arg(format!("https://127.0.0.1:{}", s.port))
+        .arg("--cert")
+        .arg(who.join("cert.pem"))
+        .arg("--key")
+        .arg(who.join("key.pem"))
+        .arg("--ca")
+        .arg(s.data.join("ca/ca.pem"))
+        .env_remove("HBS_GATEWAY")
+        .output()
+        .unwrap()
+}
+
+fn ok_json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+fn refused(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected a refusal: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
+struct People {
+    researcher: PathBuf,
+    other_researcher: PathBuf,
+    board1: PathBuf,
+    board2: PathBuf,
+    operator: PathBuf,
+    auditor: PathBuf,
+}
+
+fn people(data: &Path, dir: &Path) -> People {
+    let dev = data.join("dev-certs");
+    let other_researcher = dir.join("eve");
+    issue(data, "researcher", "eve", None, &other_researcher);
+    let board2 = dir.join("board2");
+    issue(data, "ethics-board", "member2", None, &board2);
+    People {
+        researcher: dev.join("researcher"),
+        other_researcher,
+        board1: dev.join("ethics-board"),
+        board2,
+        operator: dev.join("operator"),
+        auditor: dev.join("auditor"),
+    }
+}
+
+#[test]
+fn a_request_from_submission_to_revocation() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = start(&data);
+    let p = people(&data, d.path());
+    let cohort = d.path().join("cohort.json");
+    std::fs::write(
+        &cohort,
+        r#"{"sites": ["SITE_A"], "vendors": ["siemens", "ge"], "sequences": ["T2W", "ADC"], "studies": "baseline", "annotated": true}"#,
+    )
+    .unwrap();
+    let cohort_s = cohort.to_str().unwrap();
+
+    // Submit: the ID alone on stdout.
+    let o = hbs_as(
+        &s,
+        &p.researcher,
+        &[
+            "request",
+            "submit",
+            "--kind",
+            "data",
+            "--cohort",
+            cohort_s,
+            "--purpose",
+            "csPCa-detection",
+            "--days",
+            "30",
+            "--justification",
+            "validate on external data",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(id.starts_with("req-"), "{id}");
+    let show = |who: &Path| ok_json(&hbs_as(&s, who, &["request", "show", &id, "--json"]));
+    assert_eq!(show(&p.researcher)["status"], "submitted");
+
+    // Another researcher neither sees nor touches it.
+    refused(
+        &hbs_as(&s, &p.other_researcher, &["request", "show", &id]),
+        "404",
+    );
+    refused(
+        &hbs_as(&s, &p.other_researcher, &["request", "withdraw", &id]),
+        "404",
+    );
+    assert_eq!(
+        ok_json(&hbs_as(
+            &s,
+            &p.other_researcher,
+            &["request", "list", "--json"]
+        )),
+        serde_json::json!([])
+    );
+    // A researcher cannot review; an auditor cannot submit.
+    refused(
+        &hbs_as(&s, &p.researcher, &["review", "approve", &id]),
+        "403",
+    );
+    refused(
+        &hbs_as(
+            &s,
+            &p.auditor,
+            &[
+                "request",
+                "submit",
+                "--kind",
+                "data",
+                "--cohort",
+                cohort_s,
+                "--purpose",
+                "x",
+                "--days",
+                "1",
+            ],
+        ),
+        "403",
+    );
+    // A researcher cannot submit a policy change.
+    let change = d.path().join("change.json");
+    std::fs::write(&change, r#"{"remove": [{"sub": "role:auditor", "dom": "*", "obj": "GET /metrics", "act": "call", "purpose": "*", "until": "*"}]}"#).unwrap();
+    refused(
+        &hbs_as(
+            &s,
+            &p.researcher,
+            &[
+                "request",
+                "submit",
+                "--kind",
+                "policy",
+                "--change",
+                change.to_str().unwrap(),
+            ],
+        ),
+        "may not submit policy requests",
+    );
+
+    // Amend before review; bad input names the field.
+    let o = ok_json(&hbs_as(
+        &s,
+        &p.researcher,
+        &[
+            "request",
+            "amend",
+            &id,
+            "--kind",
+            "data",
+            "--cohort",
+            cohort_s,
+            "--purpose",
+            "csPCa-detection",
+            "--days",
+            "60",
+            "--json",
+        ],
+    ));
+    assert_eq!(o["request"]["revision"], 2);
+    assert_eq!(o["request"]["submission"]["days"], 60);
+    refused(
+        &hbs_as(
+            &s,
+            &p.researcher,
+            &[
+                "request",
+                "amend",
+                &id,
+                "--kind",
+                "data",
+                "--cohort",
+                cohort_s,
+                "--purpose",
+                "x",
+                "--days",
+                "0",
+            ],
+        ),
+        "days must be between 1 and 3650",
+    );
+
+    // The board: the pending list, one approval counted, the same member twice refused.
+    let pending = ok_json(&hbs_as(&s, &p.board1, &["review", "list", "--json"]));
+    assert!(pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == id.as_str()));
+    let o = ok_json(&hbs_as(
+        &s,
+        &p.board1,
+        &[
+            "review",
+            "approve",
+            &id,
+            "--reason",
+            "sound protocol",
+            "--json",
+        ],
+    ));
+    assert!(o["effect"].as_str().unwrap().contains("Counted"), "{o}");
+    refused(
+        &hbs_as(&s, &p.board1, &["review", "approve", &id]),
+        "already reviewed",
+    );
+    refused(
+        &hbs_as(
+            &s,
+            &p.researcher,
+            &[
+                "request",
+                "amend",
+                &id,
+                "--kind",
+                "data",
+                "--cohort",
+                cohort_s,
+                "--purpose",
+                "x",
+                "--days",
+                "5",
+            ],
+        ),
+        "once a review",
+    );
+    let o = ok_json(&hbs_as(
+        &s,
+        &p.board2,
+        &["review", "approve", &id, "--json"],
+    ));
+    assert_eq!(o["effect"], "Approved");
+    assert_eq!(show(&p.researcher)["status"], "approved");
+    assert_eq!(show(&p.board1)["reviews"].as_array().unwrap().len(), 2);
+
+    // The grant, and decisions under it, each with its rule.
+    let grants = ok_json(&hbs_as(&s, &p.researcher, &["grants", "list", "--json"]));
+    assert_eq!(grants[0]["id"], id.as_str());
+    assert_eq!(grants[0]["in_force"], true);
+    let check = |purpose: &str, attrs: &[&str]| {
+        let mut a = vec!["grants", "check", &id, "--purpose", purpose, "--json"];
+        a.extend_from_slice(attrs);
+        hbs_as(&s, &p.researcher, &a)
+    };
+    let o = check("csPCa-detection", &["site=SITE_A", "vendor=ge"]);
+    let v = ok_json(&o);
+    assert_eq!(v["allow"], true);
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("p, spiffe://prostatenet/researcher/"),
+        "{v}"
+    );
+    for (purpose, attrs, why) in [
+        (
+            "csPCa-detection",
+            &["site=SITE_B"][..],
+            "site SITE_B is outside the granted cohort",
+        ),
+        (
+            "csPCa-detection",
+            &["vendor=philips"][..],
+            "vendor philips is outside",
+        ),
+        ("marketing", &[][..], "purpose is not the granted one"),
+    ] {
+        let o = check(purpose, attrs);
+        assert!(!o.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["allow"], false);
+        assert!(v["rule"].as_str().unwrap().contains(why), "{v}");
+    }
+    let o = hbs_as(
+        &s,
+        &p.researcher,
+        &[
+            "grants",
+            "check",
+            &id,
+            "--action",
+            "run",
+            "--purpose",
+            "csPCa-detection",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .contains("action run is not granted"),
+        "{v}"
+    );
+    // Someone else cannot use the grant.
+    let o = hbs_as(
+        &s,
+        &p.other_researcher,
+        &[
+            "grants",
+            "check",
+            &id,
+            "--purpose",
+            "csPCa-detection",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["allow"], false);
+
+    // No more steps on an approved request; revocation ends it at once.
+    refused(
+        &hbs_as(&s, &p.researcher, &["request", "withdraw", &id]),
+        "revoke its grant instead",
+    );
+    refused(
+        &hbs_as(
+            &s,
+            &p.researcher,
+            &["grants", "revoke", &id, "--reason", "mine"],
+        ),
+        "403",
+    );
+    let g = ok_json(&hbs_as(
+        &s,
+        &p.operator,
+        &[
+            "grants",
+            "revoke",
+            &id,
+            "--reason",
+            "site withdrew consent",
+            "--json",
+        ],
+    ));
+    assert_eq!(g["in_force"], false);
+    assert!(!check("csPCa-detection", &[]).status.success());
+    assert_eq!(show(&p.researcher)["status"], "expired");
+
+    // A board member cannot approve their own (policy) request; rejection needs a reason.
+    let o = hbs_as(
+        &s,
+        &p.board1,
+        &[
+            "request",
+            "submit",
+            "--kind",
+            "policy",
+            "--change",
+            change.to_str().unwrap(),
+            "--justification",
+            "metrics are operational",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pid = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    refused(
+        &hbs_as(&s, &p.board1, &["review", "approve", &pid]),
+        "cannot review a request they submitted",
+    );
+    let o = ok_json(&hbs_as(
+        &s,
+        &p.board2,
+        &[
+            "review",
+            "reject",
+            &pid,
+            "--reason",
+            "auditors need metrics",
+            "--json",
+        ],
+    ));
+    assert_eq!(o["request"]["status"], "rejected");
+
+    // The whole history is in the audit log, decisions with their rules.
+    let (code, body) = curl(&s, "/audit/events", Some(&p.auditor));
+    assert_eq!(code, Some(200), "{body}");
+    for needle in [
+        "policy.submit",
+        "policy.amend",
+        "approval 1 of 2 counted",
+        "approved: grant in force",
+        "grant revoked",
+        "this board member has already reviewed this request",
+        "a board member cannot review a request they submitted",
+        "site SITE_B is outside the granted cohort",
+        "route table",
+    ] {
+        if needle == "route table" {
+            // Route decisions name the Casbin rule, not the old route table.
+            assert!(
+                body.contains("p, role:researcher, *, POST /requests, call, *, *"),
+                "route rule missing"
+            );
+            continue;
+        }
+        assert!(body.contains(needle), "the audit log lacks {needle:?}");
+    }
+    // And it verifies.
+    let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(["audit", "verify", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn an_approved_policy_change_takes_effect_and_no_one_changes_policy_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = start(&data);
+    let p = people(&data, d.path());
+    assert_eq!(curl(&s, "/metrics", Some(&p.auditor)).0, Some(200));
+    let change = d.path().join("change.json");
+    std::fs::write(
+        &change,
+        r#"{"remove": [{"sub": "role:auditor", "dom": "*", "obj": "GET /metrics", "act": "call", "purpose": "*", "until": "*"}]}"#,
+    )
+    .unwrap();
+    let o = hbs_as(
+        &s,
+        &p.operator,
+        &[
+            "request",
+            "submit",
+            "--kind",
+            "policy",
+            "--change",
+            change.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    // The operator cannot approve it (not a board member); one member is not a quorum.
+    refused(&hbs_as(&s, &p.operator, &["review", "approve", &id]), "403");
+    ok_json(&hbs_as(
+        &s,
+        &p.board1,
+        &["review", "approve", &id, "--json"],
+    ));
+    assert_eq!(curl(&s, "/metrics", Some(&p.auditor)).0, Some(200));
+    ok_json(&hbs_as(
+        &s,
+        &p.board2,
+        &["review", "approve", &id, "--json"],
+    ));
+    let (code, body) = curl(&s, "/metrics", Some(&p.auditor));
+    assert_eq!(code, Some(403), "{body}");
+    assert_eq!(curl(&s, "/metrics", Some(&p.operator)).0, Some(200));
+    // A change that grants data access directly is refused: grants come from requests.
+    std::fs::write(
+        &change,
+        r#"{"add": [{"sub": "spiffe://prostatenet/researcher/researcher", "dom": "grant:x", "obj": "*", "act": "search", "purpose": "*", "until": "*"}]}"#,
+    )
+    .unwrap();
+    refused(
+        &hbs_as(
+            &s,
+            &p.operator,
+            &[
+                "request",
+                "submit",
+                "--kind",
+                "policy",
+                "--change",
+                change.to_str().unwrap(),
+            ],
+        ),
+        "only add or remove role rules",
+    );
+}
+
+#[test]
+fn two_gateways_on_one_postgresql_share_the_policy() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(pg) = rt.block_on(hbs_tests::fresh_pg("two_gateways")) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let config = d.path().join("hbs.toml");
+    std::fs::write(&config, format!("database_url = \"{pg}\"\n")).unwrap();
+    let cfg = config.to_str().unwrap();
+    let a = start_with(&data, &["--config", cfg]);
+    // The second replica: same data folder (keys, PKI), same database, its own process.
+    let b = start_with(&data, &["--config", cfg]);
+    let p = people(&data, d.path());
+    let cohort = d.path().join("cohort.json");
+    std::fs::write(&cohort, r#"{"sites": ["SITE_A"]}"#).unwrap();
+    let o = hbs_as(
+        &a,
+        &p.researcher,
+        &[
+            "request",
+            "submit",
+            "--kind",
+            "data",
+            "--cohort",
+            cohort.to_str().unwrap(),
+            "--purpose",
+            "p",
+            "--days",
+            "3",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    // One approval on each replica.
+    ok_json(&hbs_as(
+        &a,
+        &p.board1,
+        &["review", "approve", &id, "--json"],
+    ));
+    ok_json(&hbs_as(
+        &b,
+        &p.board2,
+        &["review", "approve", &id, "--json"],
+    ));
+    let check = |s: &Server| {
+        hbs_as(
+            s,
+            &p.researcher,
+            &["grants", "check", &id, "--purpose", "p", "--json"],
+        )
+    };
+    assert!(check(&a).status.success());
+    assert!(check(&b).status.success());
+    // Revoked on A: denied on B at its very next call.
+    ok_json(&hbs_as(
+        &a,
+        &p.operator,
+        &["grants", "revoke", &id, "--reason", "stop", "--json"],
+    ));
+    let o = check(&b);
+    assert!(!o.status.success(), "B still allows a grant revoked on A");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["rule"].as_str().unwrap().contains("holds no rule"), "{v}");
+}
