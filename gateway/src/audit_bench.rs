@@ -188,7 +188,8 @@ pub async fn run(work: &Path, pg: Option<String>, big: u64, report: &Path) -> Re
     Ok(())
 }
 
-async fn fresh_pg(base: &str) -> Result<String> {
+/// A new, empty database on the PostgreSQL server at `base`; its URL.
+pub async fn fresh_pg(base: &str) -> Result<String> {
     use sqlx::{Connection, Executor};
     let mut c = sqlx::PgConnection::connect(base).await?;
     let mut r = [0u8; 6];

@@ -551,16 +551,18 @@ pub async fn run(
 - gdcmanon's E.1.1 mode stores the original attributes, encrypted with the certificate, inside each output: the closest GDCM comes to a profile-based de-identifier. dicom-object's figure is reading and writing a file with no change, on the files it can read.\n\
 - Peak memory is the maximum resident set size of a `hbs deid` process (from /proc), which streams one file at a time; what grows with the corpus is its in-memory report, about 0.5 KB per file.\n",
     );
-    // Keep the audit log's section (written by `hbs audit bench`).
+    // Keep the sections other bench commands write (`hbs audit bench`, `hbs policy bench`).
     if let Ok(old) = std::fs::read_to_string(report) {
-        if let (Some(a), Some(b)) = (
-            old.find(crate::audit_bench::START),
-            old.find(crate::audit_bench::END),
-        ) {
-            if b > a {
-                md.push('\n');
-                md.push_str(&old[a..b + crate::audit_bench::END.len()]);
-                md.push('\n');
+        for (start, end) in [
+            (crate::audit_bench::START, crate::audit_bench::END),
+            (crate::policy_bench::START, crate::policy_bench::END),
+        ] {
+            if let (Some(a), Some(b)) = (old.find(start), old.find(end)) {
+                if b > a {
+                    md.push('\n');
+                    md.push_str(&old[a..b + end.len()]);
+                    md.push('\n');
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ mod contribute;
 mod dicomweb;
 mod govern_cli;
 mod governance;
+mod policy_bench;
 mod qido;
 mod record;
 mod routes;
@@ -294,6 +295,28 @@ enum Cmd {
     /// The audit log: verify it, list its events.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The policy's own operator commands.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Measure decision latency with many grants in force; updates BENCHMARKS.md.
+    Bench {
+        /// Scratch folder.
+        #[arg(long, default_value = "target/policy-bench")]
+        work: PathBuf,
+        /// Also measure on this PostgreSQL (a fresh database is created in it).
+        #[arg(long)]
+        pg: Option<String>,
+        /// Grant counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        grants: Vec<usize>,
+        /// The report to update.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        report: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -503,6 +526,16 @@ async fn run(cli: Cli) -> Result<()> {
         } => contribute::contribute(&client, &dir, batch, &state, &receipts).await,
         Cmd::Whoami { client } => search::whoami(&client).await,
         Cmd::Request(cmd) => govern_cli::request(cmd).await,
+        Cmd::Policy(PolicyCmd::Bench {
+            work,
+            pg,
+            grants,
+            report,
+        }) => {
+            let r = policy_bench::run(&work, pg, &grants, &report).await;
+            let _ = std::fs::remove_dir_all(&work);
+            r
+        }
         Cmd::Review(cmd) => govern_cli::review(cmd).await,
         Cmd::Grants(cmd) => govern_cli::grants(cmd).await,
         Cmd::Search {

@@ -52,7 +52,9 @@ impl SqlxAdapter {
             // filter's value i where that value is not empty.
             let mut alts = Vec::new();
             for (prefix, values) in [("p", &f.p), ("g", &f.g)] {
-                let mut conds = vec![format!("ptype LIKE '{prefix}%'")];
+                // A range on ptype (p, p2, ...; g, g2, ...) so the indexes serve it.
+                let next = if prefix == "p" { "q" } else { "h" };
+                let mut conds = vec![format!("ptype >= '{prefix}' AND ptype < '{next}'")];
                 for (i, v) in values.iter().enumerate().take(6) {
                     if !v.is_empty() {
                         binds.push(v.to_string());

@@ -32,6 +32,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+/// The Casbin crate this policy is built on (for callers that drive the adapter directly).
+pub use casbin;
+
 pub mod adapter;
 pub mod decide;
 pub mod model;

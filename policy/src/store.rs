@@ -1139,6 +1139,7 @@ async fn migrate(pool: &AnyPool, engine: Engine) -> Result<(), sqlx::Error> {
         ),
         "CREATE UNIQUE INDEX IF NOT EXISTS policy_rules_unique ON policy_rules (ptype, v0, v1, v2, v3, v4, v5)".into(),
         "CREATE INDEX IF NOT EXISTS policy_rules_by_subject ON policy_rules (v0, v1)".into(),
+        "CREATE INDEX IF NOT EXISTS policy_rules_by_type ON policy_rules (ptype, v0)".into(),
         "CREATE TABLE IF NOT EXISTS policy_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)".into(),
         "INSERT INTO policy_version (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING".into(),
         "CREATE TABLE IF NOT EXISTS policy_changes (version BIGINT NOT NULL, subject TEXT NOT NULL)".into(),
