@@ -66,7 +66,10 @@ fn every_route_records_its_decision_and_contributions_their_effect() {
             .iter()
             .map(|x| x.as_str().unwrap())
             .collect();
-        let path = p.replace("{study}", "1.2.3").replace("{series}", "1.2.4");
+        let path = p
+            .replace("{study}", "1.2.3")
+            .replace("{series}", "1.2.4")
+            .replace("{id}", "req-0000");
         let action = format!("http {m} {p}");
         // Allowed: recorded as allow, with the request's ID.
         let admitted = dev.join(roles[0]);
@@ -99,7 +102,16 @@ fn every_route_records_its_decision_and_contributions_their_effect() {
         );
         // A state-changing route also records what it did, in the same request.
         if m != "GET" {
-            let effects: Vec<_> = events(&s, "&action=contribution.instance")
+            // Contributions record each instance; governance steps their step (here
+            // refused: the body is not what they take, or the request does not exist).
+            let effect = if p.starts_with("/dicomweb") {
+                "contribution.instance".to_string()
+            } else if p == "/requests" {
+                "policy.submit".to_string()
+            } else {
+                format!("policy.{}", p.rsplit('/').next().unwrap_or(""))
+            };
+            let effects: Vec<_> = events(&s, &format!("&action={effect}"))
                 .into_iter()
                 .filter(|e| e["request_id"] == rid.as_str())
                 .collect();
