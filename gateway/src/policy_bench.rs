@@ -22,6 +22,9 @@ const ACTIVE: usize = 1000;
 /// Decisions measured per kind.
 const SAMPLES: usize = 5000;
 
+/// Makes the k-th query of one kind.
+type MakeQuery<'a> = Box<dyn Fn(usize) -> Query + 'a>;
+
 struct Row {
     db: &'static str,
     grants: usize,
@@ -78,7 +81,7 @@ async fn measure(db: &'static str, url: &str, grants: usize) -> Result<Vec<Row>>
         let i = u * PER_RESEARCHER + (k * 31) % PER_RESEARCHER;
         (u, i)
     };
-    let queries: Vec<(&'static str, Box<dyn Fn(usize) -> Query>)> = vec![
+    let queries: Vec<(&'static str, MakeQuery<'_>)> = vec![
         (
             "grant: allow",
             Box::new(move |k| {

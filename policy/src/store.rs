@@ -630,9 +630,7 @@ impl PolicyStore {
             })
         })
         .await?;
-        self.get(&id)
-            .await?
-            .ok_or_else(|| PolicyError::NotFound(id))
+        self.get(&id).await?.ok_or(PolicyError::NotFound(id))
     }
 
     /// Applies `step` by `who` to request `id`: amend (with `amended`), withdraw,

@@ -506,35 +506,6 @@ pub fn normalise_dciodvfy(line: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dciodvfy_messages_lose_values_not_names() {
-        assert_eq!(
-            normalise_dciodvfy(
-                "Error - Value invalid for this VR - (0x0008,0x1155) UI Referenced SOP Instance UID  UI [1] = <0> - Nothing but zero components"
-            ),
-            "Error - Value invalid for this VR - (0x0008,0x1155) UI Referenced SOP Instance UID UI [] = <> - Nothing but zero components"
-        );
-        assert_eq!(
-            normalise_dciodvfy(
-                "Error - Missing attribute Type 2 Required Element=<OperatorsName> Module=<RTSeries>"
-            ),
-            "Error - Missing attribute Type 2 Required Element=<OperatorsName> Module=<RTSeries>"
-        );
-        assert_eq!(
-            normalise_dciodvfy("Error - but have IMAGE ReferencedSOPInstanceUID 2.25.2579151974"),
-            normalise_dciodvfy("Error - but have IMAGE ReferencedSOPInstanceUID 1.2.3.5.6.7"),
-        );
-        assert_eq!(
-            normalise_dciodvfy("Error - Illegal root for UID - \"9.8.7.6\" in (0x0008,0x1155)"),
-            "Error - Illegal root for UID - \"\" in (0x0008,0x1155)"
-        );
-    }
-}
-
 /// A fresh PostgreSQL database at `HBS_TEST_PG` (default
 /// `postgres://postgres@127.0.0.1:5432/test`): its URL, or `None` with a loud message
 /// when PostgreSQL cannot be reached outside CI (under `CI=true` the test fails).
@@ -572,4 +543,33 @@ pub async fn database_urls(test: &str, dir: &Path) -> Vec<String> {
         v.push(pg);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dciodvfy_messages_lose_values_not_names() {
+        assert_eq!(
+            normalise_dciodvfy(
+                "Error - Value invalid for this VR - (0x0008,0x1155) UI Referenced SOP Instance UID  UI [1] = <0> - Nothing but zero components"
+            ),
+            "Error - Value invalid for this VR - (0x0008,0x1155) UI Referenced SOP Instance UID UI [] = <> - Nothing but zero components"
+        );
+        assert_eq!(
+            normalise_dciodvfy(
+                "Error - Missing attribute Type 2 Required Element=<OperatorsName> Module=<RTSeries>"
+            ),
+            "Error - Missing attribute Type 2 Required Element=<OperatorsName> Module=<RTSeries>"
+        );
+        assert_eq!(
+            normalise_dciodvfy("Error - but have IMAGE ReferencedSOPInstanceUID 2.25.2579151974"),
+            normalise_dciodvfy("Error - but have IMAGE ReferencedSOPInstanceUID 1.2.3.5.6.7"),
+        );
+        assert_eq!(
+            normalise_dciodvfy("Error - Illegal root for UID - \"9.8.7.6\" in (0x0008,0x1155)"),
+            "Error - Illegal root for UID - \"\" in (0x0008,0x1155)"
+        );
+    }
 }
