@@ -12,6 +12,7 @@ use hyper::body::Bytes;
 use serde_json::{json, Value};
 
 use crate::client::{query_escape, Answer, ClientArgs};
+use crate::search::refused;
 
 /// What a request says (for `submit` and `amend`).
 #[derive(Args, Debug, Clone)]
@@ -199,14 +200,6 @@ pub enum GrantsCmd {
         /// Narrow to attributes, KEY=VALUE (site, country, vendor, sequence, model).
         attrs: Vec<String>,
     },
-}
-
-fn refused(a: &Answer) -> anyhow::Error {
-    let reason = serde_json::from_slice::<Value>(&a.body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&a.body).into_owned());
-    anyhow::anyhow!("the gateway answered {}: {reason}", a.status)
 }
 
 async fn post(c: &ClientArgs, path: &str, body: &Value) -> Result<Answer> {

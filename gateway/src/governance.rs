@@ -234,7 +234,8 @@ async fn record_refusal(
     policy_error(e)
 }
 
-/// Decides a platform-level question for `p` (who may submit which kind).
+/// Decides a platform-level question for `p` (who may submit which kind). The gate
+/// brought the policy up to date for this request a moment ago: no second version read.
 async fn decide(
     st: &AppState,
     p: &Principal,
@@ -242,7 +243,7 @@ async fn decide(
     act: &str,
 ) -> Result<Decision, PolicyError> {
     st.policy
-        .decide(&PolicyQuery {
+        .decide_cached(&PolicyQuery {
             sub: subject(p),
             role: format!("role:{}", p.role),
             dom: "*".into(),
@@ -260,26 +261,8 @@ fn sees_all(p: &Principal) -> bool {
 }
 
 fn parse_submission(body: &[u8]) -> Result<Submission, PolicyError> {
-    serde_json::from_slice(body).map_err(|e| {
-        // Position and kind only: serde's message can quote the body.
-        let what = if e.classify() == serde_json::error::Category::Data {
-            let m = e.to_string();
-            match m.split('`').nth(1).filter(|_| m.contains("unknown field")) {
-                Some(f) => format!("unknown field {f}"),
-                None if m.contains("missing field") => {
-                    format!("missing field {}", m.split('`').nth(1).unwrap_or("?"))
-                }
-                None => "a field has the wrong type or value".into(),
-            }
-        } else {
-            "not a JSON object".into()
-        };
-        PolicyError::BadInput(format!(
-            "request body: {what} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| PolicyError::BadInput(policy::model::json_error("request body", &e)))
 }
 
 /// `POST /requests`: submits a data, service or policy request. 201 with the request.

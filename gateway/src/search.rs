@@ -60,7 +60,8 @@ impl Query {
     }
 }
 
-fn refused(a: &Answer) -> anyhow::Error {
+/// The gateway's refusal as an error: its status and the reason it gave.
+pub fn refused(a: &Answer) -> anyhow::Error {
     let reason = serde_json::from_slice::<Value>(&a.body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))

@@ -113,6 +113,39 @@ impl SqlxAdapter {
     }
 }
 
+impl SqlxAdapter {
+    /// Inserts (`insert`) or deletes `rules` in one transaction; whether any changed.
+    async fn put_rules(
+        &self,
+        ptype: &str,
+        rules: Vec<Vec<String>>,
+        insert: bool,
+    ) -> casbin::Result<bool> {
+        let rows: Vec<_> = rules
+            .iter()
+            .map(|r| padded(ptype, r))
+            .collect::<Option<_>>()
+            .ok_or_else(|| err("a rule has more than six fields"))?;
+        self.write(move |conn| {
+            Box::pin(async move {
+                let mut touched = Vec::new();
+                for (ptype, v) in &rows {
+                    let changed = if insert {
+                        store::insert_rule(conn, ptype, v).await?
+                    } else {
+                        store::delete_rule(conn, ptype, v).await?
+                    };
+                    if changed {
+                        touched.push(v[0].clone());
+                    }
+                }
+                Ok(touched)
+            })
+        })
+        .await
+    }
+}
+
 fn padded(ptype: &str, rule: &[String]) -> Option<(String, [String; 6])> {
     if rule.len() > 6 {
         return None;
@@ -200,23 +233,7 @@ impl Adapter for SqlxAdapter {
         ptype: &str,
         rules: Vec<Vec<String>>,
     ) -> casbin::Result<bool> {
-        let rows: Vec<_> = rules
-            .iter()
-            .map(|r| padded(ptype, r))
-            .collect::<Option<_>>()
-            .ok_or_else(|| err("a rule has more than six fields"))?;
-        self.write(move |conn| {
-            Box::pin(async move {
-                let mut touched = Vec::new();
-                for (ptype, v) in &rows {
-                    if store::insert_rule(conn, ptype, v).await? {
-                        touched.push(v[0].clone());
-                    }
-                }
-                Ok(touched)
-            })
-        })
-        .await
+        self.put_rules(ptype, rules, true).await
     }
 
     async fn remove_policy(
@@ -234,23 +251,7 @@ impl Adapter for SqlxAdapter {
         ptype: &str,
         rules: Vec<Vec<String>>,
     ) -> casbin::Result<bool> {
-        let rows: Vec<_> = rules
-            .iter()
-            .map(|r| padded(ptype, r))
-            .collect::<Option<_>>()
-            .ok_or_else(|| err("a rule has more than six fields"))?;
-        self.write(move |conn| {
-            Box::pin(async move {
-                let mut touched = Vec::new();
-                for (ptype, v) in &rows {
-                    if store::delete_rule(conn, ptype, v).await? {
-                        touched.push(v[0].clone());
-                    }
-                }
-                Ok(touched)
-            })
-        })
-        .await
+        self.put_rules(ptype, rules, false).await
     }
 
     async fn remove_filtered_policy(

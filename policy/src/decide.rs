@@ -217,9 +217,4 @@ impl Decider {
             rule: model::why_denied(&held, q),
         })
     }
-
-    /// Enforcers in the cache (for the benchmark's report).
-    pub fn cached(&self) -> usize {
-        self.lock_cache().enforcers.len()
-    }
 }

@@ -119,7 +119,12 @@ pub struct Rule {
 impl Rule {
     /// The rule's values in the order of the model's `p` line.
     pub fn values(&self) -> Vec<String> {
-        vec![
+        self.fields().to_vec()
+    }
+
+    /// The same, as the six columns of a stored rule.
+    pub fn fields(&self) -> [String; 6] {
+        [
             self.sub.clone(),
             self.dom.clone(),
             self.obj.clone(),
@@ -219,28 +224,37 @@ fn check_label(field: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A JSON input's error as a message that names what is wrong and where, never what was
+/// written: serde's own message quotes the input (a value, or an unknown key, could be
+/// anything the sender put there), and these messages reach the audit log. An unknown
+/// key is answered with the keys that are expected; a missing one by its name.
+pub fn json_error(what: &str, e: &serde_json::Error) -> String {
+    let m = e.to_string();
+    let kind = if e.classify() != serde_json::error::Category::Data {
+        "not JSON of the expected form".to_string()
+    } else if m.starts_with("unknown field") {
+        match m.split_once(", expected ") {
+            Some((_, expected)) => format!(
+                "an unknown field (expected {})",
+                expected
+                    .rsplit_once(" at line")
+                    .map_or(expected, |(a, _)| a)
+            ),
+            None => "an unknown field".into(),
+        }
+    } else if m.starts_with("missing field") {
+        format!("missing field {}", m.split('`').nth(1).unwrap_or("?"))
+    } else {
+        "a field has the wrong type or value".into()
+    };
+    format!("{what}: {kind} (line {}, column {})", e.line(), e.column())
+}
+
 impl Cohort {
     /// Parses and checks a cohort definition; the error names the field at fault.
     pub fn parse(json: &str) -> Result<Self, String> {
-        let c: Cohort = serde_json::from_str(json).map_err(|e| {
-            // serde's message can quote the input; keep only its position and kind.
-            let what = match e.classify() {
-                serde_json::error::Category::Data => {
-                    let m = e.to_string();
-                    if let Some(f) = m.split('`').nth(1).filter(|_| m.contains("unknown field")) {
-                        format!("unknown field {f}")
-                    } else {
-                        "a field has the wrong type".into()
-                    }
-                }
-                _ => "not a JSON object".into(),
-            };
-            format!(
-                "cohort definition: {what} (line {}, column {})",
-                e.line(),
-                e.column()
-            )
-        })?;
+        let c: Cohort =
+            serde_json::from_str(json).map_err(|e| json_error("cohort definition", &e))?;
         c.check()?;
         Ok(c)
     }
@@ -437,17 +451,23 @@ mod tests {
     #[test]
     fn bad_cohorts_name_the_field() {
         for (json, needle) in [
-            (r#"{"site":["A"]}"#, "unknown field site"),
+            (
+                r#"{"site":["A"]}"#,
+                "an unknown field (expected one of `sites`",
+            ),
             (r#"{"vendors":["canon"]}"#, "vendors"),
             (r#"{"studies":"some"}"#, "studies"),
             (r#"{"sites":[]}"#, "empty list"),
             (r#"{"sites":"A"}"#, "wrong type"),
             (r#"[1]"#, "wrong type"),
+            // The unknown key itself is never echoed.
+            (r#"{"Jane Doe":1}"#, "an unknown field"),
             (r#"{"sites":["A;B"]}"#, "sites"),
-            ("nope", "not a JSON object"),
+            ("nope", "not JSON of the expected form"),
         ] {
             let e = Cohort::parse(json).unwrap_err();
             assert!(e.contains(needle), "{json}: {e}");
+            assert!(!e.contains("Jane"), "{e}");
         }
         assert_eq!(Cohort::parse("{}").unwrap().scope(), "cohort:");
     }

@@ -295,26 +295,35 @@ where
     }
 }
 
+/// Runs `sql` (with `$1` the rule type and `$2`..`$7` its six values) on one rule;
+/// whether a row changed.
+async fn one_rule(
+    conn: &mut AnyConnection,
+    sql: &str,
+    ptype: &str,
+    v: &[String; 6],
+) -> Result<bool, sqlx::Error> {
+    let mut q = sqlx::query(sql).bind(ptype.to_string());
+    for x in v {
+        q = q.bind(x.clone());
+    }
+    Ok(q.execute(&mut *conn).await?.rows_affected() > 0)
+}
+
 /// Inserts one rule unless present; whether it was new.
 pub async fn insert_rule(
     conn: &mut AnyConnection,
     ptype: &str,
     v: &[String; 6],
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    one_rule(
+        conn,
         "INSERT INTO policy_rules (ptype, v0, v1, v2, v3, v4, v5) VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT DO NOTHING",
+        ptype,
+        v,
     )
-    .bind(ptype.to_string())
-    .bind(v[0].clone())
-    .bind(v[1].clone())
-    .bind(v[2].clone())
-    .bind(v[3].clone())
-    .bind(v[4].clone())
-    .bind(v[5].clone())
-    .execute(&mut *conn)
-    .await?;
-    Ok(r.rows_affected() > 0)
+    .await
 }
 
 /// Deletes one rule; whether it was there.
@@ -323,19 +332,13 @@ pub async fn delete_rule(
     ptype: &str,
     v: &[String; 6],
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    one_rule(
+        conn,
         "DELETE FROM policy_rules WHERE ptype = $1 AND v0 = $2 AND v1 = $3 AND v2 = $4 AND v3 = $5 AND v4 = $6 AND v5 = $7",
+        ptype,
+        v,
     )
-    .bind(ptype.to_string())
-    .bind(v[0].clone())
-    .bind(v[1].clone())
-    .bind(v[2].clone())
-    .bind(v[3].clone())
-    .bind(v[4].clone())
-    .bind(v[5].clone())
-    .execute(&mut *conn)
-    .await?;
-    Ok(r.rows_affected() > 0)
+    .await
 }
 
 /// Deletes every rule; the subjects that had some.
@@ -372,17 +375,6 @@ pub async fn bump(conn: &mut AnyConnection, subjects: &[String]) -> Result<i64, 
         }
     }
     Ok(v)
-}
-
-fn rule_values(r: &Rule) -> [String; 6] {
-    [
-        r.sub.clone(),
-        r.dom.clone(),
-        r.obj.clone(),
-        r.act.clone(),
-        r.purpose.clone(),
-        r.until.clone(),
-    ]
 }
 
 /// The store.
@@ -495,7 +487,7 @@ impl PolicyStore {
                         > 0;
                     if fresh {
                         for r in rules {
-                            if insert_rule(conn, "p", &rule_values(r)).await? {
+                            if insert_rule(conn, "p", &r.fields()).await? {
                                 added.push(r.clone());
                             }
                         }
@@ -548,39 +540,15 @@ impl PolicyStore {
         Ok((v, subjects))
     }
 
-    /// Every `p` rule whose subject is `sub`.
-    pub async fn rules_of(&self, sub: &str) -> Result<Vec<Rule>, PolicyError> {
-        let rows = sqlx::query(
-            "SELECT v0, v1, v2, v3, v4, v5 FROM policy_rules WHERE ptype = 'p' AND v0 = $1 ORDER BY id",
-        )
-        .bind(sub.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                let v: Vec<String> = (0..6).map(|i| r.get::<String, _>(i)).collect();
-                Rule::from_values(&v)
-            })
-            .collect())
-    }
-
     /// Every `p` rule.
     pub async fn all_rules(&self) -> Result<Vec<Rule>, PolicyError> {
-        let rows = sqlx::query(
-            "SELECT v0, v1, v2, v3, v4, v5 FROM policy_rules WHERE ptype = 'p' ORDER BY id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {RULE_COLUMNS} FROM policy_rules WHERE ptype = 'p' ORDER BY id"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                let v: Vec<String> = (0..6).map(|i| r.get::<String, _>(i)).collect();
-                Rule::from_values(&v)
-            })
-            .collect())
+        Ok(rows.iter().filter_map(rule_from).collect())
     }
 
     /// A project's review settings (defaults when none are stored).
@@ -742,13 +710,13 @@ impl PolicyStore {
                                 let c = sub.change.clone().unwrap_or_default();
                                 let mut touched = Vec::new();
                                 for r in &c.add {
-                                    if insert_rule(conn, "p", &rule_values(r)).await.map_err(db)? {
+                                    if insert_rule(conn, "p", &r.fields()).await.map_err(db)? {
                                         change.added.push(r.line());
                                         touched.push(r.sub.clone());
                                     }
                                 }
                                 for r in &c.remove {
-                                    if delete_rule(conn, "p", &rule_values(r)).await.map_err(db)? {
+                                    if delete_rule(conn, "p", &r.fields()).await.map_err(db)? {
                                         change.removed.push(r.line());
                                         touched.push(r.sub.clone());
                                     }
@@ -788,7 +756,7 @@ impl PolicyStore {
                                         purpose: sub.purpose.clone(),
                                         until: time_key(ends),
                                     };
-                                    insert_rule(conn, "p", &rule_values(&r)).await.map_err(db)?;
+                                    insert_rule(conn, "p", &r.fields()).await.map_err(db)?;
                                     change.added.push(r.line());
                                 }
                                 bump(conn, std::slice::from_ref(&stored.requester)).await.map_err(db)?;
@@ -852,16 +820,16 @@ impl PolicyStore {
                     .execute(&mut *conn)
                     .await
                     .map_err(db)?;
-                let removed: Vec<String> = sqlx::query(
-                    "SELECT v0, v1, v2, v3, v4, v5 FROM policy_rules WHERE ptype = 'p' AND v0 = $1 AND v1 = $2",
-                )
+                let removed: Vec<String> = sqlx::query(&format!(
+                    "SELECT {RULE_COLUMNS} FROM policy_rules WHERE ptype = 'p' AND v0 = $1 AND v1 = $2"
+                ))
                 .bind(g.subject.clone())
                 .bind(format!("grant:{id2}"))
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(db)?
-                .into_iter()
-                .filter_map(|r| Rule::from_values(&(0..6).map(|i| r.get::<String, _>(i)).collect::<Vec<_>>()))
+                .iter()
+                .filter_map(rule_from)
                 .map(|r| r.line())
                 .collect();
                 sqlx::query("DELETE FROM policy_rules WHERE ptype = 'p' AND v0 = $1 AND v1 = $2")
@@ -941,12 +909,6 @@ impl PolicyStore {
         .map_err(db)?;
         Ok(rows.iter().map(|r| grant_from(r, now)).collect())
     }
-
-    /// One grant.
-    pub async fn grant(&self, id: &str) -> Result<Option<GrantView>, PolicyError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        grant(&mut conn, id, now_ms()).await.map_err(db)
-    }
 }
 
 async fn run_hook(
@@ -958,6 +920,14 @@ async fn run_hook(
         Some(h) => h(conn, &change).await.map_err(PolicyError::Audit),
         None => Ok(()),
     }
+}
+
+const RULE_COLUMNS: &str = "v0, v1, v2, v3, v4, v5";
+
+/// A `p` rule from a row of [`RULE_COLUMNS`].
+fn rule_from(r: &sqlx::any::AnyRow) -> Option<Rule> {
+    let v: Vec<String> = (0..6).map(|i| r.get::<String, _>(i)).collect();
+    Rule::from_values(&v)
 }
 
 const REQUEST_COLUMNS: &str =
