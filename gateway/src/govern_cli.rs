@@ -42,9 +42,14 @@ pub struct SubmissionArgs {
     #[arg(long)]
     pub project: Option<String>,
     /// The policy change (JSON file: {"add": [rules], "remove": [rules], "settings":
-    /// {"project", "quorum", "forbid_same_site"}}; policy requests).
+    /// {"project", "quorum", "forbid_same_site"}, "model": "Casbin model text"}; policy
+    /// requests).
     #[arg(long)]
     pub change: Option<PathBuf>,
+    /// A new Casbin model for the whole platform (policy requests; the text file becomes
+    /// the change's "model"). Checked against the project's probes when submitted.
+    #[arg(long, value_name = "FILE.conf")]
+    pub casbin_model: Option<PathBuf>,
 }
 
 impl SubmissionArgs {
@@ -78,6 +83,14 @@ impl SubmissionArgs {
                 )
             })?;
             b["change"] = c;
+        }
+        if let Some(f) = &self.casbin_model {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the model file {}", f.display()))?;
+            if !b["change"].is_object() {
+                b["change"] = json!({});
+            }
+            b["change"]["model"] = json!(text);
         }
         if let Some(f) = &self.model {
             let bytes = std::fs::read(f)

@@ -564,3 +564,114 @@ fn two_gateways_on_one_postgresql_share_the_policy() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["rule"].as_str().unwrap().contains("holds no rule"), "{v}");
 }
+
+#[test]
+fn the_model_changes_through_review_and_a_gateway_will_not_start_on_one_that_does_not_enforce() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = start(&data);
+    let p = people(&data, d.path());
+    let submit_model = |text: &str| {
+        let f = d.path().join("model.conf");
+        std::fs::write(&f, text).unwrap();
+        hbs_as(
+            &s,
+            &p.operator,
+            &[
+                "request",
+                "submit",
+                "--kind",
+                "policy",
+                "--casbin-model",
+                f.to_str().unwrap(),
+            ],
+        )
+    };
+    let model = policy::model::MODEL;
+    let permissive: String = model
+        .lines()
+        .map(|l| if l.starts_with("m = ") { "m = true" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    refused(
+        &submit_model(&permissive),
+        "the model lets in a caller no rule names",
+    );
+    refused(
+        &submit_model(&model.replace("&& (p.until == \"*\" || r.now < p.until) ", "")),
+        "a grant ends at its end time",
+    );
+    // A stricter model (auditors lose /metrics whatever the rules say) goes through the
+    // board and is in force on the running gateway once approved.
+    let stricter = model.replace(
+        "&& scopeMatch(r.obj, p.obj)",
+        "&& scopeMatch(r.obj, p.obj) && !(r.role == \"role:auditor\" && r.obj == \"GET /metrics\")",
+    );
+    let o = submit_model(&stricter);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    refused(&hbs_as(&s, &p.operator, &["review", "approve", &id]), "403");
+    ok_json(&hbs_as(
+        &s,
+        &p.board1,
+        &["review", "approve", &id, "--json"],
+    ));
+    assert_eq!(curl(&s, "/metrics", Some(&p.auditor)).0, Some(200));
+    ok_json(&hbs_as(
+        &s,
+        &p.board2,
+        &["review", "approve", &id, "--json"],
+    ));
+    let (code, body) = curl(&s, "/metrics", Some(&p.auditor));
+    assert_eq!(code, Some(403), "{body}");
+    assert_eq!(curl(&s, "/metrics", Some(&p.operator)).0, Some(200));
+    let show = ok_json(&hbs_as(
+        &s,
+        &p.operator,
+        &["request", "show", &id, "--json"],
+    ));
+    assert_eq!(show["status"], "approved");
+    drop(s);
+
+    // A model written into the database past the review, one that would let anyone in:
+    // the gateway refuses to start, saying why, and never listens.
+    let url = format!("sqlite://{}?mode=rw", data.join("hbs.db").display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::{Connection, Executor};
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+        c.execute(sqlx::query("UPDATE policy_model SET model = $1").bind(permissive))
+            .await
+            .unwrap();
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env_remove("HBS_DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..600 {
+        if let Some(st) = child.try_wait().unwrap() {
+            status = Some(st);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        status.is_some_and(|st| !st.success()),
+        "the gateway started on a model that lets anyone in: {out}{err}"
+    );
+    assert!(!out.contains("listening"), "{out}");
+    assert!(err.contains("stored policy model is refused"), "{err}");
+}

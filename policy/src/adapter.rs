@@ -5,16 +5,14 @@
 
 use async_trait::async_trait;
 use casbin::{error::AdapterError, Adapter, Filter, Model};
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 
-use crate::store::{self, Engine};
+use crate::store;
 
 /// The adapter. `filtered` marks one whose model holds only part of the policy (then
 /// casbin refuses to save that part over the whole).
 pub struct SqlxAdapter {
-    pool: AnyPool,
-    engine: Engine,
-    lock: Option<store::WriteLock>,
+    store: store::PolicyStore,
     filtered: bool,
 }
 
@@ -28,9 +26,7 @@ impl SqlxAdapter {
     /// An adapter over the whole policy.
     pub fn new(store: &store::PolicyStore) -> Self {
         SqlxAdapter {
-            pool: store.pool().clone(),
-            engine: store.engine(),
-            lock: store.lock(),
+            store: store.clone(),
             filtered: false,
         }
     }
@@ -70,7 +66,7 @@ impl SqlxAdapter {
         for b in &binds {
             q = q.bind(b.clone());
         }
-        let rows = q.fetch_all(&self.pool).await.map_err(err)?;
+        let rows = q.fetch_all(self.store.pool()).await.map_err(err)?;
         for r in rows {
             let ptype: String = r.get(0);
             let mut rule: Vec<String> = (1..=6).map(|i| r.get::<String, _>(i)).collect();
@@ -98,17 +94,19 @@ impl SqlxAdapter {
             + Send
             + 'static,
     ) -> casbin::Result<bool> {
-        let touched = store::with_write_tx(&self.pool, self.engine, self.lock.as_ref(), |conn| {
-            Box::pin(async move {
-                let touched = f(&mut *conn).await?;
-                if !touched.is_empty() {
-                    store::bump(conn, &touched).await?;
-                }
-                Ok::<_, sqlx::Error>(touched)
+        let touched = self
+            .store
+            .write_tx(|conn| {
+                Box::pin(async move {
+                    let touched = f(&mut *conn).await?;
+                    if !touched.is_empty() {
+                        store::bump(conn, &touched).await?;
+                    }
+                    Ok::<_, sqlx::Error>(touched)
+                })
             })
-        })
-        .await
-        .map_err(err)?;
+            .await
+            .map_err(err)?;
         Ok(!touched.is_empty())
     }
 }

@@ -9,8 +9,10 @@
 //! The caller's own work (the gateway's audit event) runs inside the same transaction
 //! through an [`InTx`] hook: the change and its record commit together or not at all.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -260,7 +262,7 @@ fn db(e: sqlx::Error) -> PolicyError {
 
 /// Runs `f` in a write transaction (the process's write lock, then `BEGIN IMMEDIATE` on
 /// SQLite or `BEGIN` on PostgreSQL); commits when it succeeds, rolls back when it fails.
-pub async fn with_write_tx<T, E>(
+async fn with_write_tx<T, E>(
     pool: &AnyPool,
     engine: Engine,
     lock: Option<&WriteLock>,
@@ -355,7 +357,13 @@ pub async fn delete_all(conn: &mut AnyConnection) -> Result<Vec<String>, sqlx::E
     Ok(subjects)
 }
 
-/// Bumps the policy version and records the subjects whose rules changed (`*`: all).
+/// The PostgreSQL channel on which a change to the rules is announced (at commit).
+pub const CHANNEL: &str = "hbs_policy";
+
+/// Bumps the policy version and records the subjects whose rules changed (`*`: all). On
+/// PostgreSQL it also announces the new version on [`CHANNEL`]; the notification is
+/// delivered to every listening replica when the transaction commits, and never if it
+/// rolls back.
 pub async fn bump(conn: &mut AnyConnection, subjects: &[String]) -> Result<i64, sqlx::Error> {
     sqlx::query("UPDATE policy_version SET version = version + 1 WHERE id = 1")
         .execute(&mut *conn)
@@ -374,7 +382,26 @@ pub async fn bump(conn: &mut AnyConnection, subjects: &[String]) -> Result<i64, 
                 .await?;
         }
     }
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(v.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(v)
+}
+
+/// Counters of the policy writes committed by this process, one per database: every
+/// store opened on the same database shares one, so a decider sees this process's own
+/// changes without asking the database.
+fn local_epoch(url: &str) -> Arc<AtomicU64> {
+    static EPOCHS: OnceLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = OnceLock::new();
+    let mut m = EPOCHS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    m.entry(url.to_string()).or_default().clone()
 }
 
 /// The store.
@@ -383,6 +410,8 @@ pub struct PolicyStore {
     pool: AnyPool,
     engine: Engine,
     lock: Option<WriteLock>,
+    url: Arc<str>,
+    epoch: Arc<AtomicU64>,
 }
 
 fn now_ms() -> u64 {
@@ -437,7 +466,37 @@ impl PolicyStore {
         }
         let pool = pool_opts.connect_with(opts).await.map_err(db)?;
         migrate(&pool, engine).await.map_err(db)?;
-        Ok(PolicyStore { pool, engine, lock })
+        Ok(PolicyStore {
+            pool,
+            engine,
+            lock,
+            url: url.into(),
+            epoch: local_epoch(url),
+        })
+    }
+
+    /// Runs `f` in a write transaction (see [`with_write_tx`]), then counts a write by
+    /// this process (whether it committed or not: a spare refresh costs little).
+    pub async fn write_tx<T, E>(
+        &self,
+        f: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, E>>,
+    ) -> Result<T, E>
+    where
+        E: From<sqlx::Error>,
+    {
+        let r = with_write_tx(&self.pool, self.engine, self.lock.as_ref(), f).await;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+
+    /// The count of policy writes by this process on this database.
+    pub fn local_writes(&self) -> &Arc<AtomicU64> {
+        &self.epoch
+    }
+
+    /// The database URL (for a replica's listener; never logged: it may hold a password).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// The pool (for the adapter).
@@ -473,7 +532,7 @@ impl PolicyStore {
     /// approved policy change does not come back. Returns the rules added.
     pub async fn seed(&self, defaults: &[(String, Vec<Rule>)]) -> Result<Vec<Rule>, PolicyError> {
         let defaults = defaults.to_vec();
-        with_write_tx(&self.pool, self.engine, self.lock.as_ref(), |conn| {
+        self.write_tx(|conn| {
             Box::pin(async move {
                 let mut added = Vec::new();
                 for (key, rules) in &defaults {
@@ -502,6 +561,18 @@ impl PolicyStore {
         })
         .await
         .map_err(db)
+    }
+
+    /// The model in force: the one approved last, or the project's own
+    /// ([`crate::model::MODEL`]) until a policy request replaces it.
+    pub async fn model(&self) -> Result<String, PolicyError> {
+        let row = sqlx::query("SELECT model FROM policy_model WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row
+            .map(|r| r.get(0))
+            .unwrap_or_else(|| crate::model::MODEL.to_string()))
     }
 
     /// The policy version now.
@@ -564,13 +635,13 @@ impl PolicyStore {
         submission: Submission,
         hook: Option<InTx>,
     ) -> Result<RequestView, PolicyError> {
-        submission.check().map_err(PolicyError::BadInput)?;
+        checked(&submission).await?;
         let id = new_id()?;
         let now = now_ms();
         let body =
             serde_json::to_string(&submission).map_err(|e| PolicyError::BadInput(e.to_string()))?;
         let (who2, id2, sub2) = (who.clone(), id.clone(), submission.clone());
-        with_write_tx(&self.pool, self.engine, self.lock.as_ref(), move |conn| {
+        self.write_tx(move |conn| {
             Box::pin(async move {
                 sqlx::query(
                     "INSERT INTO access_requests (id, kind, requester, requester_site, project, body, status, revision, created_ms, updated_ms)
@@ -617,12 +688,12 @@ impl PolicyStore {
             let a = amended.as_ref().ok_or_else(|| {
                 PolicyError::BadInput("an amendment needs the new content".into())
             })?;
-            a.check().map_err(PolicyError::BadInput)?;
+            checked(a).await?;
         }
         let now = now_ms();
         let (id2, who2, reason2, engine) =
             (id.to_string(), who.clone(), reason.to_string(), self.engine);
-        let effect = with_write_tx(&self.pool, self.engine, self.lock.as_ref(), move |conn| {
+        let effect = self.write_tx(move |conn| {
             Box::pin(async move {
                 let stored = load(conn, &id2, engine == Engine::Postgres)
                     .await
@@ -724,6 +795,16 @@ impl PolicyStore {
                                 if let Some(s) = &c.settings {
                                     put_settings(conn, s).await.map_err(db)?;
                                 }
+                                if let Some(m) = &c.model {
+                                    // Checked again: the release applying it may differ
+                                    // from the one that took the request.
+                                    crate::decide::check_model(m).await.map_err(|e| {
+                                        PolicyError::Refused(format!("the proposed model is no longer accepted: {e}"))
+                                    })?;
+                                    put_model(conn, m).await.map_err(db)?;
+                                    touched.push("*".into());
+                                    change.added.push("model replaced".into());
+                                }
                                 if !touched.is_empty() {
                                     bump(conn, &touched).await.map_err(db)?;
                                 }
@@ -800,7 +881,7 @@ impl PolicyStore {
         printable("reason", reason, 2000, true).map_err(PolicyError::BadInput)?;
         let now = now_ms();
         let (id2, who2, reason2) = (id.to_string(), who.clone(), reason.to_string());
-        with_write_tx(&self.pool, self.engine, self.lock.as_ref(), move |conn| {
+        self.write_tx(move |conn| {
             Box::pin(async move {
                 let g = grant(conn, &id2, now)
                     .await
@@ -1052,6 +1133,28 @@ async fn settings(
     })
 }
 
+/// [`Submission::check`], then a proposed model against the project's probes.
+async fn checked(s: &Submission) -> Result<(), PolicyError> {
+    s.check().map_err(PolicyError::BadInput)?;
+    if let Some(m) = s.change.as_ref().and_then(|c| c.model.as_deref()) {
+        crate::decide::check_model(m)
+            .await
+            .map_err(|e| PolicyError::BadInput(format!("change.model: {e}")))?;
+    }
+    Ok(())
+}
+
+async fn put_model(conn: &mut AnyConnection, text: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO policy_model (id, model) VALUES (1, $1)
+         ON CONFLICT (id) DO UPDATE SET model = excluded.model",
+    )
+    .bind(text.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn put_settings(
     conn: &mut AnyConnection,
     s: &workflow::ProjectSettings,
@@ -1113,6 +1216,7 @@ async fn migrate(pool: &AnyPool, engine: Engine) -> Result<(), sqlx::Error> {
         "CREATE TABLE IF NOT EXISTS policy_changes (version BIGINT NOT NULL, subject TEXT NOT NULL)".into(),
         "CREATE INDEX IF NOT EXISTS policy_changes_by_version ON policy_changes (version)".into(),
         "CREATE TABLE IF NOT EXISTS policy_seeded (key TEXT PRIMARY KEY)".into(),
+        "CREATE TABLE IF NOT EXISTS policy_model (id INTEGER PRIMARY KEY, model TEXT NOT NULL)".into(),
         "CREATE TABLE IF NOT EXISTS policy_settings (project TEXT PRIMARY KEY, quorum BIGINT NOT NULL, forbid_same_site BIGINT NOT NULL)".into(),
         "CREATE TABLE IF NOT EXISTS access_requests (id TEXT PRIMARY KEY, kind TEXT NOT NULL,
              requester TEXT NOT NULL, requester_site TEXT, project TEXT NOT NULL, body TEXT NOT NULL,

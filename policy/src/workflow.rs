@@ -122,7 +122,15 @@ pub struct PolicyChange {
     /// A project's review settings.
     #[serde(default)]
     pub settings: Option<ProjectSettings>,
+    /// A new Casbin model (the whole text), replacing the stored one. Checked against
+    /// the project's probes when submitted and again when applied
+    /// (`policy::decide::check_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
+
+/// Longest model text accepted.
+pub const MAX_MODEL: usize = 16 * 1024;
 
 /// How a project's requests are reviewed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,8 +160,19 @@ impl PolicyChange {
     /// Checks the change: only role rules (grants come from data and service requests),
     /// quorum 2 or more, something to do.
     pub fn check(&self) -> Result<(), String> {
-        if self.add.is_empty() && self.remove.is_empty() && self.settings.is_none() {
+        if self.add.is_empty()
+            && self.remove.is_empty()
+            && self.settings.is_none()
+            && self.model.is_none()
+        {
             return Err("the policy change changes nothing".into());
+        }
+        if let Some(m) = &self.model {
+            if m.trim().is_empty() || m.len() > MAX_MODEL {
+                return Err(format!(
+                    "model must be 1 to {MAX_MODEL} bytes of Casbin model text"
+                ));
+            }
         }
         for r in self.add.iter().chain(&self.remove) {
             let role_ok = r

@@ -854,3 +854,227 @@ async fn a_service_grant_names_its_model() {
         "a service grant does not allow search"
     );
 }
+
+/// Writes as another replica would: its own connection, not this process's store (so
+/// nothing in this process is told).
+async fn external_write(url: &str, rule: &Rule, insert: bool) {
+    use sqlx::{Connection, Executor};
+    let mut c = sqlx::AnyConnection::connect(url).await.unwrap();
+    c.execute("BEGIN").await.unwrap();
+    let changed = if insert {
+        policy::store::insert_rule(&mut c, "p", &rule.fields()).await
+    } else {
+        policy::store::delete_rule(&mut c, "p", &rule.fields()).await
+    };
+    assert!(changed.unwrap());
+    policy::store::bump(&mut c, std::slice::from_ref(&rule.sub))
+        .await
+        .unwrap();
+    c.execute("COMMIT").await.unwrap();
+}
+
+/// Decides `q` until it answers `allow` (a liveness bound, not a timing assertion).
+async fn until_decided(d: &Decider, q: &Query, allow: bool) -> bool {
+    for _ in 0..500 {
+        if d.decide(q).await.unwrap().allow == allow {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn another_replica_s_change_is_heard_and_a_lost_listener_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, store) in stores("heard", dir.path()).await {
+        let rule = Rule::route("auditor", "GET", "/metrics");
+        store
+            .seed(&[("GET /metrics".into(), vec![rule.clone()])])
+            .await
+            .unwrap();
+        let d = Decider::open(store.clone()).await.unwrap();
+        assert!(d.watching(), "{url}: the decider does not hear changes");
+        let q = Query::route(
+            "spiffe://prostatenet/auditor/ann",
+            "auditor",
+            "GET",
+            "/metrics",
+            now_ms(),
+        );
+        assert!(d.decide(&q).await.unwrap().allow);
+        let heard = d.changes_heard();
+        external_write(&url, &rule, false).await;
+        assert!(
+            until_decided(&d, &q, false).await,
+            "{url}: a rule removed by another replica still allows"
+        );
+        assert!(d.changes_heard() > heard);
+        assert!(d
+            .decide(&q)
+            .await
+            .unwrap()
+            .rule
+            .contains("no rule admits role:auditor"));
+        if url.starts_with("postgres") {
+            // Cut the listener's connection; a change made while it is down is still
+            // found (version read per decision, then the reconnection's reload).
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+            let killed = c
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+                )
+                .await
+                .unwrap();
+            assert_eq!(killed.rows_affected(), 1, "one listener per decider");
+            external_write(&url, &rule, true).await;
+            assert!(
+                until_decided(&d, &q, true).await,
+                "a change made while the listener was down was lost"
+            );
+            let mut back = false;
+            for _ in 0..500 {
+                if d.watching() {
+                    back = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(back, "the listener did not come back");
+            external_write(&url, &rule, false).await;
+            assert!(until_decided(&d, &q, false).await);
+        }
+    }
+}
+
+/// The project's model with one more condition: `who` is never admitted.
+fn model_refusing(who: &str) -> String {
+    MODEL.replace(
+        "&& scopeMatch(r.obj, p.obj)",
+        &format!("&& scopeMatch(r.obj, p.obj) && r.sub != \"{who}\""),
+    )
+}
+
+fn policy_change(change: PolicyChange) -> Submission {
+    Submission {
+        kind: Kind::Policy,
+        project: None,
+        cohort: None,
+        purpose: String::new(),
+        days: 0,
+        model: None,
+        justification: "model review".into(),
+        change: Some(change),
+    }
+}
+
+#[tokio::test]
+async fn the_model_changes_only_through_review_and_only_to_one_that_enforces() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, store) in stores("model", dir.path()).await {
+        store
+            .seed(&[(
+                "GET /metrics".into(),
+                vec![Rule::route("auditor", "GET", "/metrics")],
+            )])
+            .await
+            .unwrap();
+        let op = person("spiffe://prostatenet/operator/olga", "operator", None);
+        // Models that would not enforce are refused at the door, naming the probe.
+        let permissive = MODEL
+            .lines()
+            .map(|l| if l.starts_with("m = ") { "m = true" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let no_expiry = MODEL.replace("&& (p.until == \"*\" || r.now < p.until) ", "");
+        assert_ne!(no_expiry, MODEL);
+        let no_purpose = MODEL.replace("&& (p.purpose == \"*\" || p.purpose == r.purpose) ", "");
+        assert_ne!(no_purpose, MODEL);
+        for (text, why) in [
+            (permissive.as_str(), "lets in a caller no rule names"),
+            (no_expiry.as_str(), "a grant ends at its end time"),
+            (no_purpose.as_str(), "a grant admits only its purpose"),
+            ("[request_definition]\nr = sub", "does not fit"),
+            ("[matchers]\nm = (", "does not compile"),
+        ] {
+            let change = PolicyChange {
+                model: Some(text.into()),
+                ..Default::default()
+            };
+            match store.submit(&op, policy_change(change), None).await {
+                Err(PolicyError::BadInput(m)) => {
+                    assert!(
+                        m.starts_with("change.model:") && m.contains(why),
+                        "{why}: {m}"
+                    )
+                }
+                other => panic!("{url}: model accepted: {other:?}"),
+            }
+        }
+        // A stricter model goes through the board like any policy change.
+        let mallory = "spiffe://prostatenet/auditor/mallory";
+        let d1 = Decider::open(store.clone()).await.unwrap();
+        let other = PolicyStore::open(&url, None).await.unwrap();
+        let d2 = Decider::open(other.clone()).await.unwrap();
+        let q = |sub: &str| Query::route(sub, "auditor", "GET", "/metrics", now_ms());
+        assert!(d1.decide(&q(mallory)).await.unwrap().allow);
+        let r = store
+            .submit(
+                &op,
+                policy_change(PolicyChange {
+                    model: Some(model_refusing(mallory)),
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+            .unwrap();
+        // The operator who proposed it cannot approve it; one member is not a quorum.
+        assert!(store
+            .act(&r.id, Step::Approve, &op, None, "", None)
+            .await
+            .is_err());
+        let (eff, _) = store
+            .act(&r.id, Step::Approve, &board(1), None, "", None)
+            .await
+            .unwrap();
+        assert!(matches!(eff, Effect::Counted { .. }));
+        assert!(d1.decide(&q(mallory)).await.unwrap().allow);
+        let (eff, v) = store
+            .act(&r.id, Step::Approve, &board(2), None, "", None)
+            .await
+            .unwrap();
+        assert_eq!(eff, Effect::Approved);
+        assert_eq!(v.status, Status::Approved);
+        assert_eq!(store.model().await.unwrap(), model_refusing(mallory));
+        for d in [&d1, &d2] {
+            let dec = d.decide(&q(mallory)).await.unwrap();
+            assert!(!dec.allow, "{url}: the approved model is not in force");
+            assert!(dec.rule.contains("model in force"), "{}", dec.rule);
+            assert!(
+                d.decide(&q("spiffe://prostatenet/auditor/ann"))
+                    .await
+                    .unwrap()
+                    .allow
+            );
+        }
+        // A model written past the review that would not enforce stops a decider from
+        // opening (and so a gateway from starting).
+        {
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+            c.execute(sqlx::query("UPDATE policy_model SET model = $1").bind(permissive.clone()))
+                .await
+                .unwrap();
+        }
+        match Decider::open(other.clone()).await {
+            Err(e) => assert!(
+                e.to_string().contains("stored policy model is refused"),
+                "{e}"
+            ),
+            Ok(_) => panic!("{url}: a decider opened on a model that lets anyone in"),
+        }
+    }
+}
