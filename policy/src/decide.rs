@@ -1,11 +1,12 @@
-//! Decisions: Casbin enforcers over filtered parts of the policy, kept fresh by a version
-//! check before each decision.
+//! Decisions: Casbin enforcers over filtered parts of the policy, kept fresh by change
+//! notices pushed to them (no database read per decision).
 //!
 //! Casbin's `enforce` evaluates the matcher against every rule it holds, in turn; with
 //! 100,000 grants in one enforcer a denial would walk them all. So no enforcer holds the
-//! whole policy: a platform route is decided by the enforcer of the caller's role (its
-//! role rules only, loaded with the filter `p = role:ROLE`), and work under a grant by the
-//! enforcer of the caller (the rules naming that subject, `p = SUBJECT`). Each is small
+//! whole policy: a platform route is decided by the enforcer of the caller's role and
+//! that route (loaded with the filter `p = role:ROLE, *, METHOD /route`: route rules match
+//! their route exactly, and a model change must keep it so), and work under a grant by
+//! the enforcer of the caller (the rules naming that subject, `p = SUBJECT`). Each is small
 //! whatever the number of grants in force, so allow and deny cost the same few matcher
 //! evaluations. Enforcers are built on first use and kept (at most [`MAX_CACHED`]).
 //!
@@ -72,7 +73,27 @@ pub const POLL: Duration = Duration::from_millis(500);
 struct Cache {
     version: i64,
     model: Arc<str>,
-    enforcers: HashMap<String, Arc<Mutex<Enforcer>>>,
+    enforcers: HashMap<String, Arc<Held>>,
+}
+
+/// A cached enforcer and its rules, read once (for explaining denials).
+struct Held {
+    enforcer: Mutex<Enforcer>,
+    rules: Vec<Rule>,
+}
+
+/// Which part of the policy decides `q`, as the cache key and Casbin filter: a route by
+/// the role rules for that route (`p = role:ROLE, *, METHOD /route`), work under a grant
+/// by the caller's own rules (`p = SUBJECT`).
+fn part(q: &Query) -> (String, Vec<&str>) {
+    if q.dom == "*" {
+        (
+            format!("{}\t{}", q.role, q.obj),
+            vec![q.role.as_str(), "*", q.obj.as_str()],
+        )
+    } else {
+        (q.sub.clone(), vec![q.sub.as_str()])
+    }
 }
 
 /// What tells the decider that the stored policy changed.
@@ -332,7 +353,7 @@ impl Decider {
             watchers,
         };
         // A probe enforcer over an empty part of the policy.
-        d.build("probe:nobody").await?;
+        d.build(vec!["probe:nobody"]).await?;
         // Give the listener a moment to start, so the first decisions need no read.
         for _ in 0..100 {
             if d.signals.live.load(Ordering::SeqCst) {
@@ -359,7 +380,7 @@ impl Decider {
         &self.store
     }
 
-    async fn build(&self, key: &str) -> Result<Enforcer, PolicyError> {
+    async fn build(&self, filter: Vec<&str>) -> Result<Enforcer, PolicyError> {
         let text = self.lock_cache().model.clone();
         let m = DefaultModel::from_str(&text).await.map_err(casbin_err)?;
         let mut e = Enforcer::new(m, SqlxAdapter::filtered(&self.store))
@@ -367,7 +388,7 @@ impl Decider {
             .map_err(casbin_err)?;
         e.add_function(SCOPE_FN, OperatorFunction::Arg2(scope_fn));
         e.load_filtered_policy(Filter {
-            p: vec![key],
+            p: filter,
             g: vec![],
         })
         .await
@@ -402,7 +423,8 @@ impl Decider {
             }
         } else {
             for s in &changed {
-                c.enforcers.remove(s);
+                let prefix = format!("{s}\t");
+                c.enforcers.retain(|k, _| k != s && !k.starts_with(&prefix));
             }
         }
         c.version = c.version.max(now);
@@ -429,27 +451,34 @@ impl Decider {
     /// Decides `q` against the enforcers as cached (no version check): for callers that
     /// have just refreshed, and for measuring the enforcement itself.
     pub async fn decide_cached(&self, q: &Query) -> Result<Decision, PolicyError> {
-        // Routes by role; everything else by the caller's own rules.
-        let key = if q.dom == "*" { &q.role } else { &q.sub };
-        let cached = self.lock_cache().enforcers.get(key).cloned();
-        let e = match cached {
-            Some(e) => e,
+        let (key, filter) = part(q);
+        let cached = self.lock_cache().enforcers.get(&key).cloned();
+        let held = match cached {
+            Some(h) => h,
             None => {
                 let version = self.lock_cache().version;
-                let e = Arc::new(Mutex::new(self.build(key).await?));
+                let e = self.build(filter).await?;
+                let rules = e
+                    .get_policy()
+                    .iter()
+                    .filter_map(|v| Rule::from_values(v))
+                    .collect();
+                let h = Arc::new(Held {
+                    enforcer: Mutex::new(e),
+                    rules,
+                });
                 let mut c = self.lock_cache();
                 // Keep it only if no change arrived while it loaded.
                 if c.version == version {
                     if c.enforcers.len() >= MAX_CACHED {
                         c.enforcers.clear();
                     }
-                    c.enforcers.insert(key.clone(), e.clone());
+                    c.enforcers.insert(key, h.clone());
                 }
-                e
+                h
             }
         };
-        let held_lock = e.lock().unwrap_or_else(|p| p.into_inner());
-        let e = &*held_lock;
+        let e = held.enforcer.lock().unwrap_or_else(|p| p.into_inner());
         if !e.is_enabled() {
             return Err(PolicyError::Disabled);
         }
@@ -462,12 +491,8 @@ impl Decider {
                 .unwrap_or_else(|| "allowed".into());
             return Ok(Decision { allow, rule });
         }
-        let held: Vec<Rule> = e
-            .get_policy()
-            .iter()
-            .filter_map(|v| Rule::from_values(v))
-            .collect();
-        let mut rule = model::why_denied(&held, q);
+        drop(e);
+        let mut rule = model::why_denied(&held.rules, q);
         if rule == "allowed" {
             // The rules admit it as the project's model reads them; an approved model
             // with a further condition does not.

@@ -13,7 +13,9 @@
 //!   concurrent reviews safe, grants that end by time alone, revocation;
 //! - [`adapter`]: Casbin's `Adapter` over that store, so one binary serves both databases;
 //! - [`decide`]: the decider the gateway asks on every call: small filtered enforcers
-//!   kept fresh by a version check, each decision with the rule that made it.
+//!   kept fresh by change notices (this process's writes, PostgreSQL `LISTEN/NOTIFY`),
+//!   each decision with the rule that made it; [`decide::check_model`] guards the stored,
+//!   reviewable model.
 //!
 //! It does not: authenticate anyone (the gateway hands it verified subjects and roles),
 //! write the audit log (the gateway records every decision and change, in the change's own

@@ -4,8 +4,9 @@
 //! Every change is one transaction that holds the database's write lock (`BEGIN
 //! IMMEDIATE` on SQLite; the request's row lock on PostgreSQL), so two board members
 //! approving at once are counted once each, in turn. A change to the rules bumps
-//! `policy_version` and names the subjects it touched in `policy_changes`: a gateway
-//! replica compares the version before each decision and reloads only those subjects.
+//! `policy_version`, names the subjects it touched in `policy_changes` and (PostgreSQL)
+//! announces itself with `pg_notify`: a gateway replica that hears of it reloads only
+//! those subjects (see [`crate::decide`]).
 //! The caller's own work (the gateway's audit event) runs inside the same transaction
 //! through an [`InTx`] hook: the change and its record commit together or not at all.
 
