@@ -93,8 +93,13 @@ pub struct Cell {
 impl Cell {
     /// Adds a patient with record key `record`.
     pub fn add(&mut self, record: u32) {
-        self.count += 1;
-        self.key = self.key.wrapping_add(record);
+        self.add_many(record, 1);
+    }
+
+    /// Adds `n` items (studies, series) of the patient with record key `record`.
+    pub fn add_many(&mut self, record: u32, n: u64) {
+        self.count += n;
+        self.key = self.key.wrapping_add(record.wrapping_mul(n as u32));
     }
 }
 

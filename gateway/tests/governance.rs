@@ -432,6 +432,15 @@ fn a_request_from_submission_to_revocation() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// The operator who proposed policy request `id` cannot approve it (not a board member);
+/// one member is not a quorum (the auditors' `/metrics` still answers); two are.
+fn approved_by_the_board_alone(s: &Server, p: &People, id: &str) {
+    refused(&hbs_as(s, &p.operator, &["review", "approve", id]), "403");
+    ok_json(&hbs_as(s, &p.board1, &["review", "approve", id, "--json"]));
+    assert_eq!(curl(s, "/metrics", Some(&p.auditor)).0, Some(200));
+    ok_json(&hbs_as(s, &p.board2, &["review", "approve", id, "--json"]));
+}
+
 #[test]
 fn an_approved_policy_change_takes_effect_and_no_one_changes_policy_alone() {
     let d = tempfile::tempdir().unwrap();
@@ -459,19 +468,7 @@ fn an_approved_policy_change_takes_effect_and_no_one_changes_policy_alone() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    // The operator cannot approve it (not a board member); one member is not a quorum.
-    refused(&hbs_as(&s, &p.operator, &["review", "approve", &id]), "403");
-    ok_json(&hbs_as(
-        &s,
-        &p.board1,
-        &["review", "approve", &id, "--json"],
-    ));
-    assert_eq!(curl(&s, "/metrics", Some(&p.auditor)).0, Some(200));
-    ok_json(&hbs_as(
-        &s,
-        &p.board2,
-        &["review", "approve", &id, "--json"],
-    ));
+    approved_by_the_board_alone(&s, &p, &id);
     let (code, body) = curl(&s, "/metrics", Some(&p.auditor));
     assert_eq!(code, Some(403), "{body}");
     assert_eq!(curl(&s, "/metrics", Some(&p.operator)).0, Some(200));
@@ -610,18 +607,7 @@ fn the_model_changes_through_review_and_a_gateway_will_not_start_on_one_that_doe
     let o = submit_model(&stricter);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    refused(&hbs_as(&s, &p.operator, &["review", "approve", &id]), "403");
-    ok_json(&hbs_as(
-        &s,
-        &p.board1,
-        &["review", "approve", &id, "--json"],
-    ));
-    assert_eq!(curl(&s, "/metrics", Some(&p.auditor)).0, Some(200));
-    ok_json(&hbs_as(
-        &s,
-        &p.board2,
-        &["review", "approve", &id, "--json"],
-    ));
+    approved_by_the_board_alone(&s, &p, &id);
     let (code, body) = curl(&s, "/metrics", Some(&p.auditor));
     assert_eq!(code, Some(403), "{body}");
     assert_eq!(curl(&s, "/metrics", Some(&p.operator)).0, Some(200));
