@@ -11,7 +11,8 @@
 //!    Philips `ADC` among the values), since an ADC map is derived from the diffusion
 //!    series and may carry its b-values;
 //! 3. DWI: a b-value above 0, from Diffusion b-value (0018,9087) or the vendor's private
-//!    tag ([`vendor_b_value`]), or Image Type `DIFFUSION` on an echo-planar
+//!    element (the vault reads both at ingest: `vault::acquisition`), or Image Type
+//!    `DIFFUSION` on an echo-planar
 //!    (ScanningSequence `EP`) acquisition;
 //! 4. DCE: more than one temporal position (Temporal Position Identifier (0020,0100) /
 //!    Number of Temporal Positions (0020,0105));
@@ -173,31 +174,6 @@ pub fn from_description(d: &str) -> Option<Sequence> {
     }
 }
 
-/// A b-value from a vendor's private element, given the private creator that owns the
-/// block and the element's number within it (its low byte), and the value as read.
-///
-/// - Siemens: creator `SIEMENS MR HEADER`, element 0x0C (B_value, IS).
-/// - GE: creator `GEMS_PARM_01`, element 0x39 (slop_int_6): the first value is the
-///   b-value, sometimes written plus 1,000,000,000, which is taken off.
-/// - Philips: creator `Philips Imaging DD 001`, element 0x03 (b-factor, FL).
-///
-/// Private elements are matched by their creator string, not a fixed tag (DOMAIN.md).
-pub fn vendor_b_value(creator: &str, element: u8, first_value: f64) -> Option<f64> {
-    let b = match (creator.trim(), element) {
-        ("SIEMENS MR HEADER", 0x0C) => first_value,
-        ("GEMS_PARM_01", 0x39) => {
-            if first_value >= 1e9 {
-                first_value - 1e9
-            } else {
-                first_value
-            }
-        }
-        ("Philips Imaging DD 001", 0x03) => first_value,
-        _ => return None,
-    };
-    (b.is_finite() && (0.0..=10_000.0).contains(&b)).then_some(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,31 +286,5 @@ mod tests {
                 }
             );
         }
-    }
-
-    #[test]
-    fn private_b_values_are_read_by_creator() {
-        assert_eq!(
-            vendor_b_value("SIEMENS MR HEADER", 0x0C, 800.0),
-            Some(800.0)
-        );
-        assert_eq!(
-            vendor_b_value("GEMS_PARM_01", 0x39, 1_000_001_400.0),
-            Some(1400.0)
-        );
-        assert_eq!(vendor_b_value("GEMS_PARM_01", 0x39, 50.0), Some(50.0));
-        assert_eq!(
-            vendor_b_value("Philips Imaging DD 001", 0x03, 1000.0),
-            Some(1000.0)
-        );
-        // The same element number under another creator means something else.
-        assert_eq!(vendor_b_value("SIEMENS CSA HEADER", 0x0C, 800.0), None);
-        assert_eq!(vendor_b_value("GEMS_ACQU_01", 0x39, 800.0), None);
-        // Nonsense values are not b-values.
-        assert_eq!(vendor_b_value("SIEMENS MR HEADER", 0x0C, -5.0), None);
-        assert_eq!(
-            vendor_b_value("Philips Imaging DD 001", 0x03, f64::NAN),
-            None
-        );
     }
 }

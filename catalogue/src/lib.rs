@@ -5,8 +5,8 @@
 //! It owns the pure logic over the pseudonymized metadata the vault writes:
 //!
 //! - [`classify`]: the sequence type of a series (T2W, DWI with its b-values, ADC, DCE,
-//!   SEG) from its DICOM attributes, the vendors' private b-value tags included, with the
-//!   series description only as a last resort;
+//!   SEG) from its DICOM attributes (b-values as the vault read them, vendors' private
+//!   elements included), with the series description only as a last resort;
 //! - [`split`]: a patient's data origin (retrospective or prospective, by the date hbs
 //!   first received the patient against the project's cut-off) and, for prospective
 //!   patients, the patient-level split (fine-tuning 80%, external validation 20%),

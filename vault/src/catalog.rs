@@ -7,6 +7,8 @@
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
+
+use crate::acquisition::Acquisition;
 use std::str::FromStr;
 
 /// Database failures.
@@ -103,6 +105,7 @@ pub type InTx = Box<
 /// channel its caller waits on.
 type Pending = (
     InstanceRow,
+    Option<Acquisition>,
     Option<InTx>,
     tokio::sync::oneshot::Sender<Result<bool, String>>,
 );
@@ -134,8 +137,8 @@ async fn group_commit(
         let mut replies = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
         let mut hooks = Vec::with_capacity(batch.len());
-        for (row, hook, reply) in batch {
-            rows.push(row);
+        for (row, acq, hook, reply) in batch {
+            rows.push((row, acq));
             hooks.push(hook);
             replies.push(reply);
         }
@@ -146,12 +149,20 @@ async fn group_commit(
         let result = async {
             let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
             let mut fresh = Vec::with_capacity(rows.len());
-            for row in &rows {
-                fresh.push(
-                    insert_instance_row(&mut *tx, row)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
+            for (row, acq) in &rows {
+                let f = insert_instance_row(&mut *tx, row)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // A series' facts count each instance once: a repeated upload adds
+                // nothing.
+                if f {
+                    if let Some(a) = acq {
+                        upsert_series(&mut tx, row, a)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                fresh.push(f);
             }
             for (hook, f) in hooks.into_iter().zip(fresh.iter().copied()) {
                 if let Some(hook) = hook {
@@ -205,6 +216,92 @@ where
     .execute(conn)
     .await?;
     Ok(res.rows_affected() == 1)
+}
+
+/// Adds an instance to its series' facts (the catalogue's summary: one row per series,
+/// its distinct b-values beside it).
+async fn upsert_series(
+    conn: &mut sqlx::AnyConnection,
+    r: &InstanceRow,
+    a: &Acquisition,
+) -> Result<(), sqlx::Error> {
+    let temporal = i64::from(
+        a.temporal_position
+            .unwrap_or(0)
+            .max(a.temporal_positions.unwrap_or(0)),
+    );
+    sqlx::query(
+        "INSERT INTO series_facts (series_uid, pseudonym, site, study_uid, study_date, modality, sop_class,
+            manufacturer, model, series_description, image_type, scanning_sequence, echo_time_ms,
+            field_strength_t, temporal_positions, instances, first_received)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16)
+         ON CONFLICT (series_uid) DO UPDATE SET
+            instances = series_facts.instances + 1,
+            temporal_positions = CASE WHEN excluded.temporal_positions > series_facts.temporal_positions
+                THEN excluded.temporal_positions ELSE series_facts.temporal_positions END",
+    )
+    .bind(&r.series_uid)
+    .bind(&r.pseudonym)
+    .bind(&r.site)
+    .bind(&r.study_uid)
+    .bind(&r.study_date)
+    .bind(&r.modality)
+    .bind(&r.sop_class)
+    .bind(&r.manufacturer)
+    .bind(&a.model)
+    .bind(&r.series_description)
+    .bind(&a.image_type)
+    .bind(&a.scanning_sequence)
+    .bind(a.echo_time_ms)
+    .bind(a.field_strength_t)
+    .bind(temporal)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    if let Some(b) = a.b_value {
+        sqlx::query(
+            "INSERT INTO series_b_values (series_uid, b_value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&r.series_uid)
+        .bind(b)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A series as the catalogue summarises it (pseudonymized values only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SeriesRow {
+    /// New Series Instance UID.
+    pub series_uid: String,
+    /// Patient pseudonym.
+    pub pseudonym: String,
+    /// Contributing site.
+    pub site: String,
+    /// New Study Instance UID.
+    pub study_uid: String,
+    /// Shifted study date.
+    pub study_date: String,
+    /// Modality.
+    pub modality: String,
+    /// SOP Class UID.
+    pub sop_class: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// What the first instance said of its acquisition (b-value and temporal position
+    /// aside: those are over the whole series).
+    pub acquisition: Acquisition,
+    /// Cleaned Series Description.
+    pub series_description: String,
+    /// Distinct b-values of the series, ascending.
+    pub b_values: Vec<f64>,
+    /// The most temporal positions any instance named.
+    pub temporal_positions: u32,
+    /// Instances stored.
+    pub instances: i64,
+    /// When hbs first received an instance of it (ms since 1970).
+    pub first_received: i64,
 }
 
 fn instance_row(r: sqlx::any::AnyRow) -> InstanceRow {
@@ -532,6 +629,32 @@ impl Catalog {
             "CREATE INDEX IF NOT EXISTS instances_by_study ON instances(study_uid, series_uid)"
                 .to_string(),
             "CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid)".to_string(),
+            "CREATE TABLE IF NOT EXISTS series_facts (
+                series_uid TEXT PRIMARY KEY,
+                pseudonym TEXT NOT NULL,
+                site TEXT NOT NULL,
+                study_uid TEXT NOT NULL,
+                study_date TEXT NOT NULL,
+                modality TEXT NOT NULL,
+                sop_class TEXT NOT NULL,
+                manufacturer TEXT NOT NULL,
+                model TEXT NOT NULL,
+                series_description TEXT NOT NULL,
+                image_type TEXT NOT NULL,
+                scanning_sequence TEXT NOT NULL,
+                echo_time_ms DOUBLE PRECISION,
+                field_strength_t DOUBLE PRECISION,
+                temporal_positions BIGINT NOT NULL,
+                instances BIGINT NOT NULL,
+                first_received BIGINT NOT NULL)"
+                .to_string(),
+            "CREATE INDEX IF NOT EXISTS series_facts_by_patient ON series_facts(pseudonym)"
+                .to_string(),
+            "CREATE TABLE IF NOT EXISTS series_b_values (
+                series_uid TEXT NOT NULL,
+                b_value DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (series_uid, b_value))"
+                .to_string(),
             "CREATE TABLE IF NOT EXISTS clinical_records (
                 object_id TEXT PRIMARY KEY,
                 pseudonym TEXT NOT NULL REFERENCES patients(pseudonym),
@@ -600,24 +723,77 @@ impl Catalog {
     /// Records an instance durably (group-committed with concurrent callers). Returns
     /// false when the same SOP instance is already stored.
     pub async fn insert_instance(&self, r: &InstanceRow) -> Result<bool, CatalogError> {
-        self.insert_instance_with(r, None).await
+        self.insert_instance_with(r, None, None).await
     }
 
-    /// Like [`Catalog::insert_instance`], running `in_tx` inside the committing
-    /// transaction: the row commits only if it succeeds.
+    /// Like [`Catalog::insert_instance`], also adding the instance to its series' facts
+    /// (`acquisition`), and running `in_tx` inside the committing transaction: the row
+    /// commits only if it succeeds.
     pub async fn insert_instance_with(
         &self,
         r: &InstanceRow,
+        acquisition: Option<Acquisition>,
         in_tx: Option<InTx>,
     ) -> Result<bool, CatalogError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
         self.batcher
-            .send((r.clone(), in_tx, reply))
+            .send((r.clone(), acquisition, in_tx, reply))
             .await
             .map_err(|_| CatalogError::Commit("the group-commit writer has stopped".into()))?;
         wait.await
             .map_err(|_| CatalogError::Commit("the group-commit writer has stopped".into()))?
             .map_err(CatalogError::Commit)
+    }
+
+    /// Every series' facts, in series order (the catalogue's summary: one row per series,
+    /// however many instances).
+    pub async fn series(&self) -> Result<Vec<SeriesRow>, CatalogError> {
+        let mut b_values: std::collections::HashMap<String, Vec<f64>> = Default::default();
+        for r in sqlx::query(
+            "SELECT series_uid, b_value FROM series_b_values ORDER BY series_uid, b_value",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            b_values.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        let rows = sqlx::query(
+            "SELECT series_uid, pseudonym, site, study_uid, study_date, modality, sop_class, manufacturer,
+                model, series_description, image_type, scanning_sequence, echo_time_ms, field_strength_t,
+                temporal_positions, instances, first_received
+             FROM series_facts ORDER BY series_uid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let series_uid: String = r.get(0);
+                SeriesRow {
+                    b_values: b_values.remove(&series_uid).unwrap_or_default(),
+                    pseudonym: r.get(1),
+                    site: r.get(2),
+                    study_uid: r.get(3),
+                    study_date: r.get(4),
+                    modality: r.get(5),
+                    sop_class: r.get(6),
+                    manufacturer: r.get(7),
+                    acquisition: Acquisition {
+                        model: r.get(8),
+                        image_type: r.get(10),
+                        scanning_sequence: r.get(11),
+                        echo_time_ms: r.get(12),
+                        field_strength_t: r.get(13),
+                        ..Default::default()
+                    },
+                    series_description: r.get(9),
+                    temporal_positions: r.get::<i64, _>(14).clamp(0, i64::from(u32::MAX)) as u32,
+                    instances: r.get(15),
+                    first_received: r.get(16),
+                    series_uid,
+                }
+            })
+            .collect())
     }
 
     /// Records a clinical record blob.
@@ -721,6 +897,17 @@ impl Catalog {
             tx.rollback().await?;
             return Ok(None);
         };
+        sqlx::query(
+            "DELETE FROM series_b_values WHERE series_uid IN
+             (SELECT series_uid FROM series_facts WHERE pseudonym = $1)",
+        )
+        .bind(pseudonym)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM series_facts WHERE pseudonym = $1")
+            .bind(pseudonym)
+            .execute(&mut *tx)
+            .await?;
         let n = sqlx::query("DELETE FROM instances WHERE pseudonym = $1")
             .bind(pseudonym)
             .execute(&mut *tx)

@@ -98,6 +98,9 @@ pub struct Accepted {
     pub study_date: String,
     /// The instance had no Patient ID: its pseudonym stands for its study alone.
     pub pseudonym_from_study: bool,
+    /// What it says of its acquisition (for the catalogue), read from the de-identified
+    /// data set.
+    pub acquisition: crate::acquisition::Acquisition,
 }
 
 /// De-identifies one instance with the broker's keys, for a site.
@@ -165,6 +168,7 @@ pub fn deidentify(bytes: &[u8], site: &SiteId, keys: &Pseudonymizer) -> Result<O
     let get = |t: u16, e: u16| dicom::text(&out, Tag(t, e)).unwrap_or("").to_string();
     let sop_uid = get(0x0008, 0x0018);
     let accepted = Accepted {
+        acquisition: crate::acquisition::read(&out, file.encoding),
         study_uid: get(0x0020, 0x000D),
         series_uid: get(0x0020, 0x000E),
         modality: get(0x0008, 0x0060),

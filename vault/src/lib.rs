@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acquisition;
 pub mod catalog;
 pub mod clinical;
 pub mod crypto;

@@ -175,6 +175,8 @@ pub enum Prepared {
 pub struct ReadyInstance {
     /// Its catalogue row (pseudonymized values only).
     pub row: InstanceRow,
+    /// What it says of its acquisition, for its series' facts.
+    pub acquisition: crate::acquisition::Acquisition,
     blob: Vec<u8>,
     pseudonym_from_study: bool,
 }
@@ -474,11 +476,14 @@ impl Vault {
             key_version: dek.version,
         };
         let from_study = a.pseudonym_from_study;
-        let Accepted { bytes, .. } = *a;
+        let Accepted {
+            bytes, acquisition, ..
+        } = *a;
         row.sha256 = crate::tree::sha256_hex(&bytes);
         let blob = dek.seal(&object_id, bytes)?;
         Ok(Prepared::Ready(Box::new(ReadyInstance {
             row,
+            acquisition,
             blob,
             pseudonym_from_study: from_study,
         })))
@@ -501,11 +506,15 @@ impl Vault {
     ) -> Result<Ingested, VaultError> {
         let ReadyInstance {
             row,
+            acquisition,
             blob,
             pseudonym_from_study,
         } = r;
         self.store.put(&row.object_id, blob).await?;
-        let fresh = self.catalog.insert_instance_with(&row, in_tx).await?;
+        let fresh = self
+            .catalog
+            .insert_instance_with(&row, Some(acquisition), in_tx)
+            .await?;
         Ok(Ingested::Stored {
             object_id: row.object_id,
             pseudonym: row.pseudonym,

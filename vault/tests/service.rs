@@ -402,3 +402,93 @@ async fn catalogue_search_answers_alike_on_every_database() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_facts_are_kept_per_series_on_every_database() {
+    let root = tempfile::tempdir().unwrap();
+    let corpus = root.path().join("corpus");
+    let slices = 4;
+    vault::synth::generate(
+        &corpus,
+        &vault::synth::SynthConfig {
+            patients: 3,
+            sites: 1,
+            slices,
+            rows: 16,
+            cols: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let files: Vec<_> = all_files(&corpus)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    assert!(!files.is_empty());
+    let dbs = common::databases("series_facts", root.path()).await;
+    for (i, db) in dbs.iter().cloned().enumerate() {
+        let engine = if db.is_some() { "postgres" } else { "sqlite" };
+        let (v, _cfg) = vault_for(&root.path().join(format!("data{i}")), db).await;
+        let site = SiteId::new("SITE_A").unwrap();
+        let mut stored = 0;
+        for f in &files {
+            if let Ingested::Stored { .. } =
+                v.ingest(&site, std::fs::read(f).unwrap()).await.unwrap()
+            {
+                stored += 1;
+            }
+        }
+        // A repeated upload adds nothing to its series.
+        v.ingest(&site, std::fs::read(&files[0]).unwrap())
+            .await
+            .unwrap();
+        let series = v.catalog().series().await.unwrap();
+        let total: i64 = series.iter().map(|s| s.instances).sum();
+        assert_eq!(
+            total, stored,
+            "{engine}: every stored instance in one series, once"
+        );
+        let (mut t2, mut dwi, mut adc, mut dce, mut seg) = (0, 0, 0, 0, 0);
+        for s in &series {
+            let a = &s.acquisition;
+            if s.modality == "SEG" {
+                seg += 1;
+                continue;
+            }
+            assert!(
+                matches!(a.field_strength_t, Some(f) if f == 1.5 || f == 3.0),
+                "{engine}: field strength {:?}",
+                a.field_strength_t
+            );
+            assert!(!a.model.is_empty(), "{engine}: no model");
+            if a.image_type.contains("ADC") {
+                adc += 1;
+            } else if a.scanning_sequence.contains("EP") {
+                dwi += 1;
+                // Four slices cycle through b = 0, 800, 1400: each once, sorted.
+                assert_eq!(s.b_values, vec![0.0, 800.0, 1400.0], "{engine}");
+                assert_eq!(s.instances, slices as i64);
+            } else if s.temporal_positions > 1 {
+                dce += 1;
+                assert_eq!(s.temporal_positions, slices as u32, "{engine}");
+                assert_eq!(s.instances, 2 * slices as i64);
+                assert!(s.b_values.is_empty());
+            } else {
+                t2 += 1;
+                assert!(a.scanning_sequence.contains("SE"), "{engine}");
+                assert!(a.echo_time_ms.is_some_and(|te| te >= 60.0), "{engine}");
+                assert!(s.b_values.is_empty());
+            }
+        }
+        assert!(
+            t2 > 0 && dwi > 0 && adc > 0 && dce > 0 && seg > 0,
+            "{engine}: T2W {t2}, DWI {dwi}, ADC {adc}, DCE {dce}, SEG {seg}"
+        );
+        // A withdrawn patient's series go with the patient.
+        let gone = series[0].pseudonym.clone();
+        v.withdraw(&Pseudonym::parse(&gone).unwrap()).await.unwrap();
+        let after = v.catalog().series().await.unwrap();
+        assert!(after.iter().all(|s| s.pseudonym != gone), "{engine}");
+        assert!(after.len() < series.len());
+    }
+}
