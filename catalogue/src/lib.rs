@@ -11,6 +11,8 @@
 //!   first received the patient against the project's cut-off) and, for prospective
 //!   patients, the patient-level split (fine-tuning 80%, external validation 20%),
 //!   deterministic, stable as patients arrive, one split per patient;
+//! - [`summary`]: the vault's per-series rows grouped into patients and ordered studies
+//!   (baseline first), with origin, split and country;
 //! - [`count`]: cohort counts over per-patient summaries (patients, studies, series,
 //!   broken down by site, vendor, split or origin), every figure protected;
 //! - [`disclosure`]: the rules a count passes before anyone sees it: suppression under a
@@ -27,3 +29,4 @@ pub mod classify;
 pub mod count;
 pub mod disclosure;
 pub mod split;
+pub mod summary;
