@@ -215,7 +215,8 @@ pub enum GrantsCmd {
     },
 }
 
-async fn post(c: &ClientArgs, path: &str, body: &Value) -> Result<Answer> {
+/// `POST path` with a JSON body.
+pub async fn post(c: &ClientArgs, path: &str, body: &Value) -> Result<Answer> {
     let connector = c.connector()?;
     let bytes = serde_json::to_vec(body)?;
     c.send(&connector, |host| {

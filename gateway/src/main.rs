@@ -12,6 +12,7 @@ mod audit_bench;
 mod audit_cli;
 mod audit_routes;
 mod bench;
+mod catalogue;
 mod cli;
 mod client;
 mod contribute;
@@ -37,7 +38,7 @@ struct Cli {
 #[derive(Args, Clone, Debug)]
 pub struct DataArgs {
     /// Configuration file (TOML: data, database_url, blob_store, listen,
-    /// signed_only_sites). Flags and HBS_*
+    /// signed_only_sites, [catalogue] cutoff and countries). Flags and HBS_*
     /// variables override it; the embedded defaults fill the rest.
     #[arg(long, env = "HBS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -61,6 +62,7 @@ struct FileConfig {
     blob_store: Option<String>,
     listen: Option<std::net::SocketAddr>,
     signed_only_sites: Option<Vec<String>>,
+    catalogue: Option<catalogue::CatalogueConfig>,
 }
 
 impl DataArgs {
@@ -96,6 +98,11 @@ impl DataArgs {
 
     /// Sites that must sign their contributions: the flag or HBS_SIGNED_ONLY_SITES when
     /// given, else the file's `signed_only_sites`. Each must be a valid site code.
+    /// The catalogue's settings (the file's `[catalogue]`; defaults otherwise).
+    fn catalogue(&self) -> Result<catalogue::CatalogueConfig> {
+        Ok(self.file()?.catalogue.unwrap_or_default())
+    }
+
     fn signed_only_sites(&self, flag: Vec<String>) -> Result<std::collections::BTreeSet<String>> {
         let list = if flag.is_empty() {
             self.file()?.signed_only_sites.unwrap_or_default()
@@ -116,6 +123,22 @@ impl DataArgs {
         let default = std::net::SocketAddr::from(([127, 0, 0, 1], 8443));
         Ok(flag.or(self.file()?.listen).unwrap_or(default))
     }
+}
+
+/// `hbs cohort`.
+#[derive(Subcommand)]
+enum CohortCmd {
+    /// Count the patients, studies and series of a cohort, optionally broken down.
+    Count {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// The cohort definition (JSON; every field optional); default: everything.
+        #[arg(long)]
+        cohort: Option<PathBuf>,
+        /// Break down by site, vendor, split and/or origin (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        by: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,6 +186,10 @@ enum Cmd {
         #[command(flatten)]
         client: client::ClientArgs,
     },
+    /// Count a cohort (patients, studies, series), protected: small cells suppressed,
+    /// the rest perturbed and rounded.
+    #[command(subcommand)]
+    Cohort(CohortCmd),
     /// Search the pseudonymized catalogue over QIDO-RS (studies, series or instances).
     Search {
         #[command(flatten)]
@@ -538,6 +565,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Review(cmd) => govern_cli::review(cmd).await,
         Cmd::Grants(cmd) => govern_cli::grants(cmd).await,
+        Cmd::Cohort(CohortCmd::Count { client, cohort, by }) => {
+            catalogue::count_cmd(&client, cohort.as_deref(), &by).await
+        }
         Cmd::Search {
             client,
             level,
@@ -594,7 +624,12 @@ async fn run(cli: Cli) -> Result<()> {
             let key_path = cfg.data_dir.join("tls/key.pem");
             let key = std::fs::read(&key_path)
                 .with_context(|| format!("cannot read {}", key_path.display()))?;
+            let catalogue = std::sync::Arc::new(
+                catalogue::Catalogue::new(vault.pseudonymizer(), &data.catalogue()?)
+                    .context("the catalogue")?,
+            );
             let state = routes::AppState {
+                catalogue,
                 vault,
                 metrics: Default::default(),
                 receipt_key: std::sync::Arc::new(openssl::pkey::PKey::private_key_from_pem(&key)?),

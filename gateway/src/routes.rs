@@ -32,6 +32,8 @@ pub struct AppState {
     pub audit: audit::AuditLog,
     /// The policy: every call is decided here (and the decision recorded).
     pub policy: Arc<policy::decide::Decider>,
+    /// Cohort counts with their disclosure control.
+    pub catalogue: Arc<crate::catalogue::Catalogue>,
 }
 
 /// The public key of the caller's verified certificate (to check what it signs).
@@ -78,6 +80,11 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
     ("GET", "/audit/key", ALL),
     ("GET", "/audit/consistency", ALL),
     ("GET", "/audit/proof", ALL),
+    (
+        "POST",
+        "/cohort/count",
+        &[Role::Researcher, Role::EthicsBoard, Role::Operator],
+    ),
     ("POST", "/requests", SUBMIT),
     ("GET", "/requests", GOVERNANCE),
     ("GET", "/requests/{id}", GOVERNANCE),
@@ -133,6 +140,7 @@ pub fn router(state: AppState) -> Router {
             "/requests",
             post(crate::governance::submit).get(crate::governance::list),
         )
+        .route("/cohort/count", post(crate::catalogue::count))
         .route("/requests/{id}", get(crate::governance::show))
         .route("/requests/{id}/amend", post(crate::governance::amend))
         .route("/requests/{id}/withdraw", post(crate::governance::withdraw))

@@ -120,6 +120,19 @@ impl Pseudonymizer {
         ctx.sign()
     }
 
+    /// A 256-bit key for another purpose of the broker (the catalogue's split and count
+    /// keys), derived as HMAC(secret, "hbs/derived-key/v1" 0 purpose): a PRF in counter
+    /// mode with one block (NIST SP 800-108), so each purpose's key is independent of the
+    /// others and of every pseudonym, and nobody without the secret can compute it.
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(
+            self.mac("hbs/derived-key/v1", &[purpose.as_bytes()])
+                .as_ref(),
+        );
+        out
+    }
+
     /// The pseudonym of a site's local patient ID.
     pub fn pseudonym(&self, site: &SiteId, local_patient_id: &str) -> Pseudonym {
         let t = self.mac(

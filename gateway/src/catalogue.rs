@@ -1,0 +1,311 @@
+//! Cohort discovery: `POST /cohort/count` and `hbs cohort count`. The counting and its
+//! disclosure control are the `catalogue` crate's; this wires it to the vault's series
+//! summary, the configuration and HTTP.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use catalogue::classify::{Sequence, SeriesFacts};
+use catalogue::count::{self, Answer, By, Filter, Studies, Vendor};
+use catalogue::disclosure::{CellKeys, Rules, Shown};
+use catalogue::split::{Origin, Split, SplitKey};
+use catalogue::summary::{self, Project, SeriesInput};
+use policy::model::Cohort;
+use serde_json::{json, Value};
+
+use crate::client::ClientArgs;
+use crate::routes::AppState;
+
+/// The catalogue's settings in the configuration file (`[catalogue]`).
+#[derive(serde::Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// The cut-off (`YYYY-MM-DD`): patients first received before it are retrospective,
+    /// the others prospective. Without one every patient is retrospective.
+    pub cutoff: Option<String>,
+    /// Each site's ISO 3166 country code (`SITE_A = "GR"`).
+    #[serde(default)]
+    pub countries: BTreeMap<String, String>,
+}
+
+/// What the gateway keeps to answer counts.
+pub struct Catalogue {
+    project: Project,
+    rules: Rules,
+    split: SplitKey,
+    cells: CellKeys,
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date.
+fn day(s: &str) -> Result<i64> {
+    let d = time::Date::parse(
+        s,
+        &time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .with_context(|| format!("catalogue cutoff {s:?} is not a YYYY-MM-DD date"))?;
+    Ok(i64::from(
+        d.to_julian_day()
+            - time::Date::from_calendar_date(1970, time::Month::January, 1)?.to_julian_day(),
+    ))
+}
+
+impl Catalogue {
+    /// The catalogue over the vault's keys (the split and count keys are derived from the
+    /// broker secret) and the configuration.
+    pub fn new(keys: &vault::pseudonym::Pseudonymizer, cfg: &CatalogueConfig) -> Result<Self> {
+        let cutoff = match &cfg.cutoff {
+            Some(c) => day(c)?,
+            None => i64::MAX,
+        };
+        for (site, country) in &cfg.countries {
+            vault::pseudonym::SiteId::new(site)
+                .map_err(|e| anyhow::anyhow!("catalogue countries: {e}"))?;
+            anyhow::ensure!(
+                country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase()),
+                "catalogue countries: the country of {site} must be an ISO 3166 alpha-2 code such as GR"
+            );
+        }
+        Ok(Catalogue {
+            project: Project {
+                cutoff,
+                countries: cfg.countries.clone(),
+            },
+            rules: Rules::default(),
+            split: SplitKey::new(&keys.derived_key("catalogue/split")),
+            cells: CellKeys::new(&keys.derived_key("catalogue/cell-key")),
+        })
+    }
+
+    /// Counts the cohort over what the vault holds now.
+    pub async fn count(&self, v: &vault::vault::Vault, f: &Filter, by: &[By]) -> Result<Answer> {
+        let rows = v.catalog().series().await?;
+        let inputs: Vec<SeriesInput> = rows.into_iter().map(series_input).collect();
+        let patients = summary::summarise(&inputs, &self.project, &self.split);
+        Ok(count::count(&patients, f, by, &self.cells, &self.rules))
+    }
+}
+
+fn values(s: &str) -> Vec<String> {
+    s.split('\\')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn series_input(r: vault::catalog::SeriesRow) -> SeriesInput {
+    let a = r.acquisition;
+    SeriesInput {
+        facts: SeriesFacts {
+            modality: r.modality,
+            sop_class: r.sop_class,
+            manufacturer: r.manufacturer.clone(),
+            image_type: values(&a.image_type),
+            scanning_sequence: values(&a.scanning_sequence),
+            echo_time_ms: a.echo_time_ms,
+            b_values: r.b_values,
+            temporal_positions: (r.temporal_positions > 0).then_some(r.temporal_positions),
+            description: r.series_description,
+        },
+        pseudonym: r.pseudonym,
+        site: r.site,
+        study_uid: r.study_uid,
+        study_date: r.study_date,
+        manufacturer: r.manufacturer,
+        instances: u64::try_from(r.instances).unwrap_or(0),
+        first_received_ms: r.first_received,
+    }
+}
+
+/// The catalogue's filter for a cohort definition (checked by `Cohort::check` first).
+pub fn filter(c: &Cohort) -> Result<Filter, String> {
+    c.check()?;
+    let set = |l: &Option<Vec<String>>| l.as_ref().map(|v| v.iter().cloned().collect());
+    let vendor = |v: &str| match v {
+        "siemens" => Ok(Vendor::Siemens),
+        "ge" => Ok(Vendor::Ge),
+        "philips" => Ok(Vendor::Philips),
+        _ => Err("cohort field vendors: must be one of siemens, ge, philips".to_string()),
+    };
+    let sequence = |s: &str| match s {
+        "T2W" => Ok(Sequence::T2W),
+        "DWI" => Ok(Sequence::DWI),
+        "ADC" => Ok(Sequence::ADC),
+        "DCE" => Ok(Sequence::DCE),
+        "SEG" => Ok(Sequence::SEG),
+        _ => Err("cohort field sequences: must be one of T2W, DWI, ADC, DCE, SEG".to_string()),
+    };
+    Ok(Filter {
+        sites: set(&c.sites),
+        countries: set(&c.countries),
+        vendors: c
+            .vendors
+            .as_ref()
+            .map(|v| v.iter().map(|x| vendor(x)).collect::<Result<_, _>>())
+            .transpose()?,
+        sequences: c
+            .sequences
+            .as_ref()
+            .map(|v| v.iter().map(|x| sequence(x)).collect::<Result<_, _>>())
+            .transpose()?,
+        studies: match c.studies.as_deref() {
+            Some("baseline") => Studies::Baseline,
+            Some("follow-up") => Studies::FollowUp,
+            _ => Studies::All,
+        },
+        origin: match c.origin.as_deref() {
+            Some("retrospective") => Some(Origin::Retrospective),
+            Some("prospective") => Some(Origin::Prospective),
+            _ => None,
+        },
+        split: match c.split.as_deref() {
+            Some("fine-tuning") => Some(Split::FineTuning),
+            Some("external-validation") => Some(Split::ExternalValidation),
+            _ => None,
+        },
+        annotated: c.annotated,
+    })
+}
+
+/// The body of `POST /cohort/count`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountBody {
+    #[serde(default)]
+    cohort: Option<Value>,
+    #[serde(default)]
+    by: Vec<String>,
+}
+
+fn bad(msg: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
+}
+
+/// Parses a count request: the cohort (a cohort definition) and the breakdown.
+fn parse(body: &[u8]) -> Result<(Filter, Vec<By>), String> {
+    // No body: everything, no breakdown.
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    let b: CountBody =
+        serde_json::from_slice(body).map_err(|e| policy::model::json_error("count request", &e))?;
+    let cohort = match b.cohort {
+        None => Cohort::default(),
+        Some(v) => Cohort::parse(&v.to_string())?,
+    };
+    let mut by = Vec::new();
+    for d in &b.by {
+        let d = By::parse(d)?;
+        if by.contains(&d) {
+            return Err("a breakdown names each dimension once".into());
+        }
+        by.push(d);
+    }
+    Ok((filter(&cohort)?, by))
+}
+
+/// `POST /cohort/count`: the protected counts of a cohort, optionally broken down.
+pub async fn count(State(st): State<AppState>, body: axum::body::Bytes) -> Response {
+    let (f, by) = match parse(&body) {
+        Ok(x) => x,
+        Err(e) => return bad(&e),
+    };
+    match st.catalogue.count(&st.vault, &f, &by).await {
+        Ok(a) => Json(answer_json(&a)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cohort count failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "the catalogue cannot be read now"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn shown(s: Shown) -> Value {
+    match s {
+        Shown::Count(n) => json!(n),
+        Shown::Suppressed => json!("suppressed"),
+    }
+}
+
+fn figures(f: &count::Figures) -> Value {
+    json!({"patients": shown(f.patients), "studies": shown(f.studies), "series": shown(f.series)})
+}
+
+/// The answer as JSON: figures are numbers or `"suppressed"`.
+fn answer_json(a: &Answer) -> Value {
+    json!({
+        "total": figures(&a.total),
+        "by": a.by.iter().map(|r| {
+            let mut v = figures(&r.figures);
+            v["cell"] = json!(r.cell.iter().map(|(k, x)| (format!("{k:?}").to_lowercase(), x.clone())).collect::<BTreeMap<_, _>>());
+            v
+        }).collect::<Vec<_>>(),
+        "rules": {
+            "threshold": a.rules.threshold,
+            "round_to": a.rules.round_to,
+            "max_noise": a.rules.max_noise,
+            "note": "counts under the threshold are suppressed (zero included); the others are perturbed by a cell key (the same patients always give the same answer) and rounded; cells need not add up to the total",
+        },
+    })
+}
+
+/// `hbs cohort count`.
+pub async fn count_cmd(c: &ClientArgs, cohort: Option<&Path>, by: &[String]) -> Result<()> {
+    let cohort: Value = match cohort {
+        None => json!({}),
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the cohort file {}", f.display()))?;
+            let parsed =
+                Cohort::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            serde_json::to_value(parsed)?
+        }
+    };
+    let body = json!({"cohort": cohort, "by": by});
+    let a = crate::govern_cli::post(c, "/cohort/count", &body).await?;
+    if a.status != 200 {
+        return Err(crate::search::refused(&a));
+    }
+    let v: Value = serde_json::from_slice(&a.body).context("the gateway's answer")?;
+    if c.json {
+        println!("{v}");
+        return Ok(());
+    }
+    let cell = |x: &Value| match x {
+        Value::Number(n) => n.to_string(),
+        other => other.as_str().unwrap_or("?").to_string(),
+    };
+    let t = &v["total"];
+    println!(
+        "cohort: {} patients, {} studies, {} series",
+        cell(&t["patients"]),
+        cell(&t["studies"]),
+        cell(&t["series"])
+    );
+    for r in v["by"].as_array().into_iter().flatten() {
+        let name: Vec<String> = r["cell"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or("?")))
+            .collect();
+        println!(
+            "  {}: {} patients, {} studies, {} series",
+            name.join(" "),
+            cell(&r["patients"]),
+            cell(&r["studies"]),
+            cell(&r["series"])
+        );
+    }
+    println!("{}", v["rules"]["note"].as_str().unwrap_or(""));
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Cohort discovery against a running gateway: `hbs cohort count` over mTLS on a
+//! synthetic corpus whose answers are known, with the disclosure rules applied.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+fn hbs() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hbs"));
+    c.env_remove("HBS_DATABASE_URL").env_remove("HBS_GATEWAY");
+    c
+}
+
+/// `hbs cohort count` as the development researcher, with `args`, as JSON.
+fn count(s: &Server, cohort: Option<&str>, by: &str, dir: &Path) -> Value {
+    let who = s.data.join("dev-certs/researcher");
+    let mut c = hbs();
+    c.args(["cohort", "count", "--json", "--gateway"])
+        .arg(format!("https://127.0.0.1:{}", s.port))
+        .arg("--cert")
+        .arg(who.join("cert.pem"))
+        .arg("--key")
+        .arg(who.join("key.pem"))
+        .arg("--ca")
+        .arg(s.data.join("ca/ca.pem"));
+    if let Some(json) = cohort {
+        let f = dir.join("cohort.json");
+        std::fs::write(&f, json).unwrap();
+        c.arg("--cohort").arg(f);
+    }
+    if !by.is_empty() {
+        c.args(["--by", by]);
+    }
+    let o: Output = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A figure as shown: a number, or None when suppressed.
+fn n(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(x) => x.as_u64(),
+        Value::String(s) if s == "suppressed" => None,
+        other => panic!("not a figure: {other}"),
+    }
+}
+
+#[test]
+fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, corpus) = (d.path().join("data"), d.path().join("corpus"));
+    // 30 patients at one site: Siemens, GE, Philips for i % 3 = 0, 1, 2 (10 each); even
+    // i have a follow-up (15); i % 5 == 0 have a segmentation (6); every study holds T2W,
+    // DWI, ADC and DCE.
+    synth(&corpus, 30);
+    let o = hbs().arg("init").arg("--data").arg(&data).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = hbs()
+        .args(["ingest", "--site", "SITE_A", "--jobs", "4", "--data"])
+        .arg(&data)
+        .arg("--in")
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = start(&data);
+    let dir = d.path();
+
+    let all = count(&s, None, "", dir);
+    // 30 patients (noise of 2 at most, then rounded to 5: 28..32 shows as 30).
+    assert_eq!(n(&all["total"]["patients"]), Some(30), "{all}");
+    // 45 studies: 43..47 shows as 45.
+    assert_eq!(n(&all["total"]["studies"]), Some(45), "{all}");
+    // 186 series (45 x 4 + 6 segmentations), shown within 4 and a multiple of 5.
+    let series = n(&all["total"]["series"]).unwrap();
+    assert!(series.is_multiple_of(5) && series.abs_diff(186) <= 4, "{all}");
+    // The same question, the same answer.
+    assert_eq!(count(&s, None, "", dir), all);
+
+    // Sequences are classified from the attributes: every study has all four.
+    let four = count(
+        &s,
+        Some(r#"{"sequences": ["T2W", "DWI", "ADC", "DCE"]}"#),
+        "",
+        dir,
+    );
+    assert_eq!(n(&four["total"]["patients"]), Some(30), "{four}");
+    // Follow-ups: 15 patients, 15 studies.
+    let fu = count(&s, Some(r#"{"studies": "follow-up"}"#), "", dir);
+    assert_eq!(n(&fu["total"]["patients"]), Some(15), "{fu}");
+    assert_eq!(n(&fu["total"]["studies"]), Some(15), "{fu}");
+    // Annotated: 6 patients, under the threshold: suppressed, with its studies and series.
+    let seg = count(&s, Some(r#"{"annotated": true}"#), "", dir);
+    for k in ["patients", "studies", "series"] {
+        assert_eq!(n(&seg["total"][k]), None, "{seg}");
+    }
+    // By vendor: 10 each (8..12 shows as 10).
+    let by = count(&s, None, "vendor", dir);
+    let cells: Vec<(String, Option<u64>)> = by["by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["cell"]["vendor"].as_str().unwrap().to_string(),
+                n(&r["patients"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        vec![
+            ("ge".into(), Some(10)),
+            ("philips".into(), Some(10)),
+            ("siemens".into(), Some(10)),
+        ],
+        "{by}"
+    );
+    // By vendor among the annotated (2 each): every cell suppressed.
+    let small = count(&s, Some(r#"{"annotated": true}"#), "vendor", dir);
+    for r in small["by"].as_array().unwrap() {
+        assert_eq!(n(&r["patients"]), None, "{small}");
+    }
+    // No cut-off configured: everyone is retrospective, in no split.
+    let split = count(&s, None, "origin,split", dir);
+    let rows = split["by"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{split}");
+    assert_eq!(rows[0]["cell"]["origin"], "retrospective");
+    assert_eq!(rows[0]["cell"]["split"], "none");
+
+    // Bad input is named and refused.
+    let who = s.data.join("dev-certs/researcher");
+    let bad = |json: &str, needle: &str| {
+        let f = dir.join("bad.json");
+        std::fs::write(&f, json).unwrap();
+        let o = hbs()
+            .args(["cohort", "count", "--gateway"])
+            .arg(format!("https://127.0.0.1:{}", s.port))
+            .arg("--cert")
+            .arg(who.join("cert.pem"))
+            .arg("--key")
+            .arg(who.join("key.pem"))
+            .arg("--ca")
+            .arg(s.data.join("ca/ca.pem"))
+            .arg("--cohort")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{needle}: {err}"
+        );
+    };
+    bad(r#"{"vendors": ["toshiba"]}"#, "vendors");
+    bad(
+        r#"{"sites": ["SITE_A"], "patient": "DOE^JOHN"}"#,
+        "unknown field",
+    );
+    // The gateway names a bad breakdown too (the client does not check it).
+    let (code, body) = curl_post_json(&s, "/cohort/count", r#"{"by": ["name"]}"#, &who);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("site, vendor, split or origin"), "{body}");
+    // Data providers and auditors do not count cohorts.
+    let (code, _) = curl_post_json(&s, "/cohort/count", "{}", &s.data.join("dev-certs/auditor"));
+    assert_eq!(code, 403);
+}
+
+/// `curl -X POST` with a JSON body and a client certificate: (status, body).
+fn curl_post_json(s: &Server, path: &str, json: &str, who: &Path) -> (u16, String) {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json,
+        ])
+        .arg("--cacert")
+        .arg(s.data.join("ca/ca.pem"))
+        .arg("--cert")
+        .arg(who.join("cert.pem"))
+        .arg("--key")
+        .arg(who.join("key.pem"))
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("https://localhost:{}{path}", s.port))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
