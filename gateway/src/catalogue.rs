@@ -117,7 +117,7 @@ fn series_input(r: vault::catalog::SeriesRow) -> SeriesInput {
         study_date: r.study_date,
         manufacturer: r.manufacturer,
         instances: u64::try_from(r.instances).unwrap_or(0),
-        first_received_ms: r.first_received,
+        first_received_ms: r.first_received.saturating_mul(1000),
     }
 }
 

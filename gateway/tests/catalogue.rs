@@ -82,7 +82,10 @@ fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
     assert_eq!(n(&all["total"]["studies"]), Some(45), "{all}");
     // 186 series (45 x 4 + 6 segmentations), shown within 4 and a multiple of 5.
     let series = n(&all["total"]["series"]).unwrap();
-    assert!(series.is_multiple_of(5) && series.abs_diff(186) <= 4, "{all}");
+    assert!(
+        series.is_multiple_of(5) && series.abs_diff(186) <= 4,
+        "{all}"
+    );
     // The same question, the same answer.
     assert_eq!(count(&s, None, "", dir), all);
 
@@ -173,6 +176,58 @@ fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
     // Data providers and auditors do not count cohorts.
     let (code, _) = curl_post_json(&s, "/cohort/count", "{}", &s.data.join("dev-certs/auditor"));
     assert_eq!(code, 403);
+    drop(s);
+
+    // With a cut-off in the past every patient is prospective and in one split; sites
+    // have countries.
+    let cfg = dir.join("hbs.toml");
+    std::fs::write(
+        &cfg,
+        "[catalogue]\ncutoff = \"2000-01-01\"\ncountries = { SITE_A = \"GR\" }\n",
+    )
+    .unwrap();
+    let s = start_with(&data, &["--config", cfg.to_str().unwrap()]);
+    let split = count(&s, None, "split", dir);
+    let cells: Vec<(&str, Option<u64>)> = split["by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["cell"]["split"].as_str().unwrap(), n(&r["patients"])))
+        .collect();
+    assert_eq!(cells.len(), 2, "{split}");
+    assert_eq!(cells[0].0, "external-validation");
+    assert_eq!(cells[1].0, "fine-tuning");
+    // About 80% of 30 in fine-tuning; the rest (under 10) suppressed.
+    assert!(
+        cells[1].1.is_some_and(|v| (15..=30).contains(&v)),
+        "{split}"
+    );
+    assert_eq!(cells[0].1, None, "{split}");
+    let gr = count(
+        &s,
+        Some(r#"{"countries": ["GR"], "origin": "prospective"}"#),
+        "",
+        dir,
+    );
+    assert_eq!(n(&gr["total"]["patients"]), Some(30), "{gr}");
+    let nl = count(&s, Some(r#"{"countries": ["NL"]}"#), "", dir);
+    assert_eq!(n(&nl["total"]["patients"]), None, "{nl}");
+    drop(s);
+    // A bad cut-off stops the gateway with the reason.
+    std::fs::write(&cfg, "[catalogue]\ncutoff = \"01/02/2000\"\n").unwrap();
+    let o = hbs()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("YYYY-MM-DD"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// `curl -X POST` with a JSON body and a client certificate: (status, body).

@@ -300,7 +300,7 @@ pub struct SeriesRow {
     pub temporal_positions: u32,
     /// Instances stored.
     pub instances: i64,
-    /// When hbs first received an instance of it (ms since 1970).
+    /// When hbs first received an instance of it (seconds since 1970, like `created_at`).
     pub first_received: i64,
 }
 
