@@ -96,8 +96,11 @@ impl StudySummary {
 /// One patient, as the catalogue summarises it (pseudonymized).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatientSummary {
-    /// The pseudonym (keys the disclosure control; never shown).
+    /// The pseudonym (never shown).
     pub pseudonym: String,
+    /// The patient's record key for the disclosure control
+    /// ([`CellKeys::record_key`] of the pseudonym), computed once when summarised.
+    pub record: u32,
     /// Site code.
     pub site: String,
     /// ISO 3166 country code of the site.
@@ -292,7 +295,7 @@ pub fn count(
         if studies.is_empty() {
             continue;
         }
-        let rk = keys.record_key(&p.pseudonym);
+        let rk = p.record;
         total.patients.add(rk);
         // The patient's matching studies, grouped by cell.
         let mut mine: BTreeMap<Vec<String>, (u64, u64)> = BTreeMap::new();
@@ -371,6 +374,7 @@ mod tests {
                     Origin::Retrospective
                 };
                 PatientSummary {
+                    record: CellKeys::new(&[9; 32]).record_key(&format!("PN-{i:04}")),
                     pseudonym: format!("PN-{i:04}"),
                     site: if i < 60 { "SITE_A" } else { "SITE_B" }.into(),
                     country: if i < 60 { "GR" } else { "NL" }.into(),

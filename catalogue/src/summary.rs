@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::classify::{classify, SeriesFacts};
 use crate::count::{PatientSummary, StudySummary, Vendor};
+use crate::disclosure::CellKeys;
 use crate::split::{origin, Day, SplitKey};
 
 /// One series, as the vault summarises it.
@@ -49,8 +50,14 @@ pub struct Project {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// Groups `series` into patient summaries, in pseudonym order.
-pub fn summarise(series: &[SeriesInput], project: &Project, key: &SplitKey) -> Vec<PatientSummary> {
+/// Groups `series` into patient summaries, in pseudonym order, with each patient's split
+/// (under `key`) and record key (under `cells`).
+pub fn summarise(
+    series: &[SeriesInput],
+    project: &Project,
+    key: &SplitKey,
+    cells: &CellKeys,
+) -> Vec<PatientSummary> {
     // pseudonym -> (site, first received, study -> (date, series))
     type Studies<'a> = BTreeMap<&'a str, (&'a str, Vec<&'a SeriesInput>)>;
     let mut patients: BTreeMap<&str, (&str, i64, Studies<'_>)> = BTreeMap::new();
@@ -79,6 +86,7 @@ pub fn summarise(series: &[SeriesInput], project: &Project, key: &SplitKey) -> V
             studies.sort_by(|a, b| (a.0.is_empty(), a.0, a.1).cmp(&(b.0.is_empty(), b.0, b.1)));
             let o = origin(first_ms.div_euclid(DAY_MS), project.cutoff);
             PatientSummary {
+                record: cells.record_key(pseudonym),
                 pseudonym: pseudonym.to_string(),
                 site: site.to_string(),
                 country: project
@@ -170,7 +178,9 @@ mod tests {
             countries: [("SITE_A".to_string(), "GR".to_string())].into(),
         };
         let key = SplitKey::new(&[4; 32]);
-        let p = summarise(&rows, &project, &key);
+        let cells = CellKeys::new(&[5; 32]);
+        let p = summarise(&rows, &project, &key, &cells);
+        assert_eq!(p[0].record, cells.record_key("PN-A"));
         assert_eq!(p.len(), 2);
         let (a, b) = (&p[0], &p[1]);
         assert_eq!(
@@ -199,7 +209,7 @@ mod tests {
             Some(Split::FineTuning | Split::ExternalValidation)
         ));
         assert_eq!(a.split, key.split("PN-A", Origin::Prospective));
-        let other = summarise(&rows, &Project::default(), &key);
+        let other = summarise(&rows, &Project::default(), &key, &cells);
         assert_eq!(other[0].country, "unknown");
     }
 }

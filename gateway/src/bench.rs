@@ -556,6 +556,7 @@ pub async fn run(
         for (start, end) in [
             (crate::audit_bench::START, crate::audit_bench::END),
             (crate::policy_bench::START, crate::policy_bench::END),
+            (crate::cohort_bench::START, crate::cohort_bench::END),
         ] {
             if let (Some(a), Some(b)) = (old.find(start), old.find(end)) {
                 if b > a {

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use catalogue::classify::{Sequence, SeriesFacts};
-use catalogue::count::{self, Answer, By, Filter, Studies, Vendor};
+use catalogue::count::{self, Answer, By, Filter, PatientSummary, Studies, Vendor};
 use catalogue::disclosure::{CellKeys, Rules, Shown};
 use catalogue::split::{Origin, Split, SplitKey};
 use catalogue::summary::{self, Project, SeriesInput};
@@ -33,12 +33,16 @@ pub struct CatalogueConfig {
     pub countries: BTreeMap<String, String>,
 }
 
-/// What the gateway keeps to answer counts.
+/// What the gateway keeps to answer counts: the patient summaries of the catalogue
+/// version it last read, rebuilt when the version moves (an ingest or a withdrawal, by
+/// this process or any other), so a count costs one version read and a walk over the
+/// patients, not a read of every series.
 pub struct Catalogue {
     project: Project,
     rules: Rules,
     split: SplitKey,
     cells: CellKeys,
+    cache: tokio::sync::Mutex<Option<(i64, std::sync::Arc<Vec<PatientSummary>>)>>,
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date.
@@ -78,14 +82,43 @@ impl Catalogue {
             rules: Rules::default(),
             split: SplitKey::new(&keys.derived_key("catalogue/split")),
             cells: CellKeys::new(&keys.derived_key("catalogue/cell-key")),
+            cache: Default::default(),
         })
     }
 
-    /// Counts the cohort over what the vault holds now.
-    pub async fn count(&self, v: &vault::vault::Vault, f: &Filter, by: &[By]) -> Result<Answer> {
-        let rows = v.catalog().series().await?;
+    /// The patient summaries of the catalogue as it is now.
+    pub async fn patients(
+        &self,
+        catalog: &vault::catalog::Catalog,
+    ) -> Result<std::sync::Arc<Vec<PatientSummary>>> {
+        let version = catalog.version().await?;
+        // Held while rebuilding, so concurrent counts wait for one rebuild.
+        let mut cache = self.cache.lock().await;
+        if let Some((v, p)) = cache.as_ref() {
+            if *v == version {
+                return Ok(p.clone());
+            }
+        }
+        let rows = catalog.series().await?;
         let inputs: Vec<SeriesInput> = rows.into_iter().map(series_input).collect();
-        let patients = summary::summarise(&inputs, &self.project, &self.split);
+        let p = std::sync::Arc::new(summary::summarise(
+            &inputs,
+            &self.project,
+            &self.split,
+            &self.cells,
+        ));
+        *cache = Some((version, p.clone()));
+        Ok(p)
+    }
+
+    /// Counts the cohort over what the catalogue holds now.
+    pub async fn count(
+        &self,
+        catalog: &vault::catalog::Catalog,
+        f: &Filter,
+        by: &[By],
+    ) -> Result<Answer> {
+        let patients = self.patients(catalog).await?;
         Ok(count::count(&patients, f, by, &self.cells, &self.rules))
     }
 }
@@ -216,7 +249,7 @@ pub async fn count(State(st): State<AppState>, body: axum::body::Bytes) -> Respo
         Ok(x) => x,
         Err(e) => return bad(&e),
     };
-    match st.catalogue.count(&st.vault, &f, &by).await {
+    match st.catalogue.count(st.vault.catalog(), &f, &by).await {
         Ok(a) => Json(answer_json(&a)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cohort count failed");

@@ -15,6 +15,7 @@ mod bench;
 mod catalogue;
 mod cli;
 mod client;
+mod cohort_bench;
 mod contribute;
 mod dicomweb;
 mod govern_cli;
@@ -138,6 +139,24 @@ enum CohortCmd {
         /// Break down by site, vendor, split and/or origin (comma-separated).
         #[arg(long, value_delimiter = ',')]
         by: Vec<String>,
+    },
+    /// Measure count latency on a generated catalogue; updates BENCHMARKS.md.
+    Bench {
+        /// Scratch folder.
+        #[arg(long, default_value = "target/cohort-bench")]
+        work: PathBuf,
+        /// Also measure on this PostgreSQL (a fresh database is created in it, then dropped).
+        #[arg(long)]
+        pg: Option<String>,
+        /// Patients in the catalogue.
+        #[arg(long, default_value_t = 20_000)]
+        patients: usize,
+        /// Instance rows in the catalogue.
+        #[arg(long, default_value_t = 10_000_000)]
+        instances: u64,
+        /// The report to update.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        report: PathBuf,
     },
 }
 
@@ -567,6 +586,17 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Grants(cmd) => govern_cli::grants(cmd).await,
         Cmd::Cohort(CohortCmd::Count { client, cohort, by }) => {
             catalogue::count_cmd(&client, cohort.as_deref(), &by).await
+        }
+        Cmd::Cohort(CohortCmd::Bench {
+            work,
+            pg,
+            patients,
+            instances,
+            report,
+        }) => {
+            let r = cohort_bench::run(&work, pg, patients, instances, &report).await;
+            let _ = std::fs::remove_dir_all(&work);
+            r
         }
         Cmd::Search {
             client,

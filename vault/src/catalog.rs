@@ -164,6 +164,9 @@ async fn group_commit(
                 }
                 fresh.push(f);
             }
+            if fresh.iter().any(|f| *f) {
+                bump_version(&mut tx).await.map_err(|e| e.to_string())?;
+            }
             for (hook, f) in hooks.into_iter().zip(fresh.iter().copied()) {
                 if let Some(hook) = hook {
                     hook(&mut tx, f).await?;
@@ -216,6 +219,15 @@ where
     .execute(conn)
     .await?;
     Ok(res.rows_affected() == 1)
+}
+
+/// Counts a change to what the catalogue holds (instances added, a patient withdrawn), so
+/// readers that keep a summary know when to rebuild it.
+async fn bump_version(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Adds an instance to its series' facts (the catalogue's summary: one row per series,
@@ -650,6 +662,10 @@ impl Catalog {
                 .to_string(),
             "CREATE INDEX IF NOT EXISTS series_facts_by_patient ON series_facts(pseudonym)"
                 .to_string(),
+            "CREATE TABLE IF NOT EXISTS catalog_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)"
+                .to_string(),
+            "INSERT INTO catalog_version (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING"
+                .to_string(),
             "CREATE TABLE IF NOT EXISTS series_b_values (
                 series_uid TEXT NOT NULL,
                 b_value DOUBLE PRECISION NOT NULL,
@@ -743,6 +759,17 @@ impl Catalog {
         wait.await
             .map_err(|_| CatalogError::Commit("the group-commit writer has stopped".into()))?
             .map_err(CatalogError::Commit)
+    }
+
+    /// The catalogue's version: it changes whenever instances are added or a patient is
+    /// withdrawn, by any process.
+    pub async fn version(&self) -> Result<i64, CatalogError> {
+        Ok(
+            sqlx::query("SELECT version FROM catalog_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
     }
 
     /// Every series' facts, in series order (the catalogue's summary: one row per series,
@@ -908,6 +935,7 @@ impl Catalog {
             .bind(pseudonym)
             .execute(&mut *tx)
             .await?;
+        bump_version(&mut tx).await?;
         let n = sqlx::query("DELETE FROM instances WHERE pseudonym = $1")
             .bind(pseudonym)
             .execute(&mut *tx)
