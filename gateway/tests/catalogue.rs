@@ -106,8 +106,41 @@ fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
     for k in ["patients", "studies", "series"] {
         assert_eq!(n(&seg["total"][k]), None, "{seg}");
     }
+    // A contribution while the gateway runs (another process, offline ingest of another
+    // site) is counted at the next question.
+    let more = dir.join("more");
+    let o = hbs()
+        .args([
+            "synth",
+            "--sites",
+            "1",
+            "--slices",
+            "2",
+            "--seed",
+            "2",
+            "--patients",
+            "12",
+            "--out",
+        ])
+        .arg(&more)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = hbs()
+        .args(["ingest", "--site", "SITE_B", "--jobs", "4", "--data"])
+        .arg(&data)
+        .arg("--in")
+        .arg(&more)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = count(&s, Some(r#"{"sites": ["SITE_B"]}"#), "", dir);
+    // 12 patients (10..14 shows as 10 or 15).
+    assert!(matches!(n(&b["total"]["patients"]), Some(10 | 15)), "{b}");
+    let a = count(&s, Some(r#"{"sites": ["SITE_A"]}"#), "", dir);
+    assert_eq!(n(&a["total"]["patients"]), Some(30), "{a}");
     // By vendor: 10 each (8..12 shows as 10).
-    let by = count(&s, None, "vendor", dir);
+    let by = count(&s, Some(r#"{"sites": ["SITE_A"]}"#), "vendor", dir);
     let cells: Vec<(String, Option<u64>)> = by["by"]
         .as_array()
         .unwrap()
@@ -129,7 +162,12 @@ fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
         "{by}"
     );
     // By vendor among the annotated (2 each): every cell suppressed.
-    let small = count(&s, Some(r#"{"annotated": true}"#), "vendor", dir);
+    let small = count(
+        &s,
+        Some(r#"{"annotated": true, "sites": ["SITE_A"]}"#),
+        "vendor",
+        dir,
+    );
     for r in small["by"].as_array().unwrap() {
         assert_eq!(n(&r["patients"]), None, "{small}");
     }
@@ -187,7 +225,7 @@ fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
     )
     .unwrap();
     let s = start_with(&data, &["--config", cfg.to_str().unwrap()]);
-    let split = count(&s, None, "split", dir);
+    let split = count(&s, Some(r#"{"sites": ["SITE_A"]}"#), "split", dir);
     let cells: Vec<(&str, Option<u64>)> = split["by"]
         .as_array()
         .unwrap()
