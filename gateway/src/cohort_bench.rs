@@ -53,7 +53,7 @@ fn layout(p: usize) -> Vec<(usize, Sequence)> {
         for k in [Sequence::T2W, Sequence::DWI, Sequence::ADC, Sequence::DCE] {
             v.push((st, k));
         }
-        if st == 0 && p % 20 == 0 {
+        if st == 0 && p.is_multiple_of(20) {
             v.push((st, Sequence::SEG));
         }
     }
