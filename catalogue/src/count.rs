@@ -74,6 +74,8 @@ impl Vendor {
 /// One study of a patient, as the catalogue summarises it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StudySummary {
+    /// Its (pseudonymized) Study Instance UID.
+    pub uid: String,
     /// The scanner's vendor.
     pub vendor: Vendor,
     /// Whether it is the patient's first study (by shifted date); else a follow-up.
@@ -335,6 +337,7 @@ mod tests {
 
     fn study(vendor: Vendor, baseline: bool, seqs: &[Sequence], series: u64) -> StudySummary {
         StudySummary {
+            uid: String::new(),
             vendor,
             baseline,
             sequences: seqs.iter().copied().collect(),

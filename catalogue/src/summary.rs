@@ -99,7 +99,7 @@ pub fn summarise(
                 studies: studies
                     .iter()
                     .enumerate()
-                    .map(|(i, (_, _, series))| {
+                    .map(|(i, (_, uid, series))| {
                         let vendor = series
                             .iter()
                             .find(|s| s.facts.modality.eq_ignore_ascii_case("MR"))
@@ -107,6 +107,7 @@ pub fn summarise(
                             .map(|s| Vendor::from_manufacturer(&s.manufacturer))
                             .unwrap_or(Vendor::Other);
                         StudySummary {
+                            uid: uid.to_string(),
                             vendor,
                             baseline: i == 0,
                             sequences: series.iter().map(|s| classify(&s.facts).sequence).collect(),

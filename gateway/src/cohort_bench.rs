@@ -202,6 +202,31 @@ async fn fill(url: &str, sqlite: bool, patients: usize, instances: u64) -> Resul
     }
     c.execute("COMMIT").await?;
     // The instance rows, server-side: the catalogue's real size (counts do not read them).
+    // Keys zero-padded so the primary and unique indexes grow at their end; the other
+    // indexes dropped during the load and built once after it (as a bulk load would).
+    let indexes = [
+        "CREATE INDEX IF NOT EXISTS instances_by_patient ON instances(pseudonym)",
+        "CREATE INDEX IF NOT EXISTS instances_by_study ON instances(study_uid, series_uid)",
+        "CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid)",
+    ];
+    for name in [
+        "instances_by_patient",
+        "instances_by_study",
+        "instances_by_series",
+    ] {
+        c.execute(format!("DROP INDEX IF EXISTS {name}").as_str())
+            .await?;
+    }
+    if sqlite {
+        c.execute("PRAGMA synchronous = OFF").await?;
+    }
+    let pad = |e: &str| {
+        if sqlite {
+            format!("printf('%012d', {e})")
+        } else {
+            format!("lpad(({e})::text, 12, '0')")
+        }
+    };
     let (ipn, isite) = if sqlite {
         (
             format!("'PN-' || printf('%020d', n % {patients})"),
@@ -213,20 +238,39 @@ async fn fill(url: &str, sqlite: bool, patients: usize, instances: u64) -> Resul
             format!("'SITE_' || (n % {patients} % {SITES})"),
         )
     };
-    c.execute(
-        format!(
-            "{}INSERT INTO instances (object_id, pseudonym, site, study_uid, series_uid, sop_uid, sop_class,
-                modality, manufacturer, series_description, study_date, transfer_syntax, size, sha256,
-                key_version, created_at)
-             SELECT 'obj-' || n, {ipn}, {isite}, '2.25.' || (n % {patients}), '2.25.s.' || (n % {series}),
-                '2.25.i.' || n, '1.2.840.10008.5.1.4.1.1.4', 'MR', 'SIEMENS', '', '20240101',
-                '1.2.840.10008.1.2.1', 100000, '', 1, 0 {}",
-            numbers(instances),
-            from(instances)
+    const CHUNK: u64 = 1_000_000;
+    let mut start = 0u64;
+    while start < instances {
+        let end = (start + CHUNK).min(instances);
+        let (head, from) = if sqlite {
+            (
+                format!("WITH RECURSIVE c(n) AS (SELECT {start} UNION ALL SELECT n + 1 FROM c WHERE n < {}) ", end - 1),
+                "FROM c".to_string(),
+            )
+        } else {
+            (
+                String::new(),
+                format!("FROM generate_series({start}, {}) AS n", end - 1),
+            )
+        };
+        c.execute(
+            format!(
+                "{head}INSERT INTO instances (object_id, pseudonym, site, study_uid, series_uid, sop_uid,
+                    sop_class, modality, manufacturer, series_description, study_date, transfer_syntax,
+                    size, sha256, key_version, created_at)
+                 SELECT 'obj-' || {n}, {ipn}, {isite}, '2.25.' || (n % {patients}),
+                    '2.25.s.' || (n % {series}), '2.25.9.' || {n}, '1.2.840.10008.5.1.4.1.1.4', 'MR',
+                    'SIEMENS', '', '20240101', '1.2.840.10008.1.2.1', 100000, '', 1, 0 {from}",
+                n = pad("n"),
+            )
+            .as_str(),
         )
-        .as_str(),
-    )
-    .await?;
+        .await?;
+        start = end;
+    }
+    for i in indexes {
+        c.execute(i).await?;
+    }
     c.execute("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
         .await?;
     Ok(series)

@@ -7,8 +7,10 @@
 //! searched and returned is a pseudonymized one; nothing of a source file is reachable.
 //!
 //! Who sees what: a data provider sees its own site's contributions only (the site comes
-//! from its certificate); operators and auditors see every site. Researchers are refused
-//! by role until the governance issue gives them grants scoped to a cohort.
+//! from its certificate); operators and auditors see every site; a researcher sees the
+//! studies of the cohort of a data grant it holds, named in the `hbs-grant` header, with
+//! the grant's purpose in `hbs-purpose` (the policy decides each search, and the decision
+//! and its rule are recorded as `data.search`).
 //!
 //! Matching keys, by keyword or by tag (`PatientID` or `00100020`): `StudyInstanceUID`,
 //! `SeriesInstanceUID`, `SOPInstanceUID`, `SOPClassUID` (single values or comma-separated
@@ -21,13 +23,14 @@
 //! `offset` pages on.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use certs::{Principal, Role};
 use serde_json::{json, Map, Value};
 use vault::catalog::Search;
 
+use crate::record::RequestId;
 use crate::routes::AppState;
 
 /// Most results in one answer.
@@ -229,9 +232,116 @@ fn error(status: StatusCode, reason: &str) -> Response {
     (status, axum::Json(json!({ "error": reason }))).into_response()
 }
 
+/// Who asks, with the request's ID and headers (a researcher's grant and purpose).
+struct Caller {
+    p: Principal,
+    rid: RequestId,
+    headers: HeaderMap,
+}
+
+/// The header naming the data grant a researcher searches under.
+pub const GRANT_HEADER: &str = "hbs-grant";
+
+/// The studies a researcher may see: those of the cohort of the data grant named in the
+/// `hbs-grant` header, if the policy allows searching under it now, for the purpose in
+/// `hbs-purpose`. The decision and its rule are recorded; a refusal answers 403.
+async fn granted_studies(st: &AppState, c: &Caller) -> Result<Vec<String>, Response> {
+    let header = |name: &str| {
+        c.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let grant = header(GRANT_HEADER);
+    if grant.is_empty()
+        || grant.len() > 64
+        || !grant
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+    {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "researchers search under a data grant: send its ID in the hbs-grant header and its purpose in hbs-purpose",
+        ));
+    }
+    let query = policy::model::Query {
+        sub: crate::governance::subject(&c.p),
+        role: format!("role:{}", c.p.role),
+        dom: format!("grant:{grant}"),
+        // The search names no attribute; the answer is confined to the grant's cohort.
+        obj: policy::model::resource_scope(&[]),
+        act: "search".into(),
+        purpose: header(crate::governance::PURPOSE_HEADER),
+        now_ms: crate::record::now_ms(),
+    };
+    let d = st.policy.decide(&query).await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the policy cannot decide now; nothing was searched",
+        )
+    })?;
+    let ev = crate::record::event(
+        &crate::record::actor(&c.p),
+        &c.rid.0,
+        "data.search",
+        &format!("grant:{grant}"),
+        if d.allow { "allow" } else { "deny" },
+        &d.rule,
+        if d.allow {
+            "searched within the grant's cohort"
+        } else {
+            "refused, nothing searched"
+        },
+    );
+    if st.audit.append(ev).await.is_err() {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot record this search; nothing was searched",
+        ));
+    }
+    if !d.allow {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the grant does not allow this search now (check its ID, its purpose and its end)",
+        ));
+    }
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the catalogue cannot be read now",
+        )
+    };
+    let cohort = st
+        .policy
+        .store()
+        .get(&grant)
+        .await
+        .map_err(|_| unavailable())?
+        .and_then(|r| r.submission.cohort)
+        .unwrap_or_default();
+    let f = crate::catalogue::filter(&cohort).map_err(|_| unavailable())?;
+    let patients = st
+        .catalogue
+        .patients(st.vault.catalog())
+        .await
+        .map_err(|_| unavailable())?;
+    Ok(patients
+        .iter()
+        .filter(|p| f.patient(p))
+        .flat_map(|p| {
+            p.studies
+                .iter()
+                .filter(|s| f.study(s))
+                .map(|s| s.uid.clone())
+        })
+        .collect())
+}
+
 async fn search(
     state: AppState,
-    p: Principal,
+    caller: Caller,
     level: Level,
     params: Vec<(String, String)>,
     study: Option<String>,
@@ -259,8 +369,25 @@ async fn search(
             *list = vec![uid];
         }
     }
-    // Scope by who asks: a data provider sees its own site only.
+    let p = caller.p.clone();
+    // Scope by who asks: a data provider sees its own site only; a researcher the
+    // studies of a data grant's cohort.
     match p.role {
+        Role::Researcher => {
+            let allowed = match granted_studies(&state, &caller).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            if s.study_uids.is_empty() {
+                s.study_uids = allowed;
+            } else {
+                s.study_uids.retain(|u| allowed.contains(u));
+            }
+            // No study in scope: nothing (an empty list would mean every study).
+            if s.study_uids.is_empty() {
+                return json_answer(Vec::new(), false);
+            }
+        }
         Role::Operator | Role::Auditor => {}
         Role::DataProvider => match p.site {
             Some(site) => s.site = Some(site),
@@ -333,57 +460,101 @@ type Params = Query<Vec<(String, String)>>;
 pub async fn studies(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
     Query(q): Params,
 ) -> Response {
-    search(st, p, Level::Study, q, None, None).await
+    search(st, Caller { p, rid, headers }, Level::Study, q, None, None).await
 }
 
 /// `GET /dicomweb/series`.
 pub async fn series(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
     Query(q): Params,
 ) -> Response {
-    search(st, p, Level::Series, q, None, None).await
+    search(st, Caller { p, rid, headers }, Level::Series, q, None, None).await
 }
 
 /// `GET /dicomweb/instances`.
 pub async fn instances(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
     Query(q): Params,
 ) -> Response {
-    search(st, p, Level::Instance, q, None, None).await
+    search(
+        st,
+        Caller { p, rid, headers },
+        Level::Instance,
+        q,
+        None,
+        None,
+    )
+    .await
 }
 
 /// `GET /dicomweb/studies/{study}/series`.
 pub async fn study_series(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
     Path(study): Path<String>,
     Query(q): Params,
 ) -> Response {
-    search(st, p, Level::Series, q, Some(study), None).await
+    search(
+        st,
+        Caller { p, rid, headers },
+        Level::Series,
+        q,
+        Some(study),
+        None,
+    )
+    .await
 }
 
 /// `GET /dicomweb/studies/{study}/instances`.
 pub async fn study_instances(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
     Path(study): Path<String>,
     Query(q): Params,
 ) -> Response {
-    search(st, p, Level::Instance, q, Some(study), None).await
+    search(
+        st,
+        Caller { p, rid, headers },
+        Level::Instance,
+        q,
+        Some(study),
+        None,
+    )
+    .await
 }
 
 /// `GET /dicomweb/studies/{study}/series/{series}/instances`.
 pub async fn series_instances(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
     Path((study, series)): Path<(String, String)>,
     Query(q): Params,
 ) -> Response {
-    search(st, p, Level::Instance, q, Some(study), Some(series)).await
+    search(
+        st,
+        Caller { p, rid, headers },
+        Level::Instance,
+        q,
+        Some(study),
+        Some(series),
+    )
+    .await
 }
 
 #[cfg(test)]

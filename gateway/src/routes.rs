@@ -42,8 +42,13 @@ pub struct PeerKey(pub Arc<openssl::pkey::PKey<openssl::pkey::Public>>);
 
 const ALL: &[Role] = &Role::ALL;
 /// Who may search the pseudonymized catalogue (QIDO-RS); data providers see their own
-/// site only (see [`crate::qido`]).
-const SEARCH: &[Role] = &[Role::DataProvider, Role::Operator, Role::Auditor];
+/// site only, researchers the cohort of a data grant (see [`crate::qido`]).
+const SEARCH: &[Role] = &[
+    Role::DataProvider,
+    Role::Operator,
+    Role::Auditor,
+    Role::Researcher,
+];
 /// Who submits requests (researchers: data and service; operators and the board: policy).
 const SUBMIT: &[Role] = &[Role::Researcher, Role::Operator, Role::EthicsBoard];
 /// Who reads requests and grants (researchers see their own only).

@@ -294,3 +294,170 @@ fn curl_post_json(s: &Server, path: &str, json: &str, who: &Path) -> (u16, Strin
     let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// `hbs ARGS` as the holder of the certificates in `who`, against `s`.
+fn hbs_as(s: &Server, who: &Path, args: &[&str]) -> Output {
+    hbs()
+        .args(args)
+        .arg("--gateway")
+        .arg(format!("https://127.0.0.1:{}", s.port))
+        .arg("--cert")
+        .arg(who.join("cert.pem"))
+        .arg("--key")
+        .arg(who.join("key.pem"))
+        .arg("--ca")
+        .arg(s.data.join("ca/ca.pem"))
+        .output()
+        .unwrap()
+}
+
+/// A QIDO-RS GET with extra headers: (status, body).
+fn qido(s: &Server, path: &str, who: &Path, headers: &[&str]) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(s.data.join("ca/ca.pem"))
+        .arg("--cert")
+        .arg(who.join("cert.pem"))
+        .arg("--key")
+        .arg(who.join("key.pem"));
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    let o = c
+        .arg(format!("https://localhost:{}{path}", s.port))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn a_researcher_searches_only_the_cohort_of_a_data_grant() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, corpus) = (d.path().join("data"), d.path().join("corpus"));
+    synth(&corpus, 30);
+    for args in [
+        vec!["init"],
+        vec![
+            "ingest",
+            "--site",
+            "SITE_A",
+            "--jobs",
+            "4",
+            "--in",
+            corpus.to_str().unwrap(),
+        ],
+    ] {
+        let o = hbs().args(&args).arg("--data").arg(&data).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let s = start(&data);
+    let dev = data.join("dev-certs");
+    let researcher = dev.join("researcher");
+    let board2 = d.path().join("board2");
+    issue(&data, "ethics-board", "member2", None, &board2);
+    // A data request for the GE patients (i % 3 == 1: 10 patients; 5 of them, the even
+    // ones, with a follow-up: 15 studies), approved by two members.
+    let cohort = d.path().join("ge.json");
+    std::fs::write(&cohort, r#"{"vendors": ["ge"]}"#).unwrap();
+    let o = hbs_as(
+        &s,
+        &researcher,
+        &[
+            "request",
+            "submit",
+            "--kind",
+            "data",
+            "--cohort",
+            cohort.to_str().unwrap(),
+            "--purpose",
+            "csPCa-detection",
+            "--days",
+            "30",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    // Before approval: no grant, no search.
+    let grant = format!("hbs-grant: {id}");
+    let purpose = "hbs-purpose: csPCa-detection";
+    let (code, body) = qido(&s, "/dicomweb/studies", &researcher, &[&grant, purpose]);
+    assert_eq!(code, 403, "{body}");
+    for who in [dev.join("ethics-board"), board2] {
+        let o = hbs_as(&s, &who, &["review", "approve", &id]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Under the grant: the 15 GE studies, and only GE series.
+    let (code, body) = qido(&s, "/dicomweb/studies", &researcher, &[&grant, purpose]);
+    assert_eq!(code, 200, "{body}");
+    let studies: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(studies.len(), 15, "{body}");
+    let (code, body) = qido(
+        &s,
+        "/dicomweb/series?Modality=MR",
+        &researcher,
+        &[&grant, purpose],
+    );
+    assert_eq!(code, 200, "{body}");
+    let series: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(series.len(), 60, "15 studies of 4 MR series");
+    for x in &series {
+        assert_eq!(x["00080070"]["Value"][0], "GE MEDICAL SYSTEMS", "{x}");
+    }
+    // A study outside the cohort, asked for by UID: nothing.
+    let (_, all) = qido(&s, "/dicomweb/studies", &dev.join("operator"), &[]);
+    let all: Vec<Value> = serde_json::from_str(&all).unwrap();
+    assert_eq!(all.len(), 45);
+    let mine: Vec<&Value> = studies.iter().map(|x| &x["0020000D"]["Value"][0]).collect();
+    let other = all
+        .iter()
+        .map(|x| &x["0020000D"]["Value"][0])
+        .find(|u| !mine.contains(u))
+        .unwrap()
+        .as_str()
+        .unwrap();
+    let (code, body) = qido(
+        &s,
+        &format!("/dicomweb/studies/{other}/series"),
+        &researcher,
+        &[&grant, purpose],
+    );
+    assert_eq!((code, body.as_str()), (200, "[]"));
+    // Without the grant, with another purpose, or under another's grant: refused.
+    for headers in [
+        vec![purpose],
+        vec![grant.as_str(), "hbs-purpose: marketing"],
+        vec!["hbs-grant: req-0000000000000000", purpose],
+    ] {
+        let (code, body) = qido(&s, "/dicomweb/studies", &researcher, &headers);
+        assert_eq!(code, 403, "{headers:?}: {body}");
+    }
+    // Each decision is in the audit log, with its rule.
+    let (code, body) = qido(
+        &s,
+        "/audit/events?action=data.search&limit=100",
+        &dev.join("auditor"),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    let evs: Value = serde_json::from_str(&body).unwrap();
+    let evs = evs["events"].as_array().unwrap();
+    for want in ["allow", "deny"] {
+        assert!(
+            evs.iter().any(|e| e["event"]["decision"] == want
+                && e["event"]["rule"].as_str().is_some_and(|r| !r.is_empty())),
+            "no {want} with its rule: {body}"
+        );
+    }
+    // Revoked: refused at once.
+    let o = hbs_as(
+        &s,
+        &dev.join("ethics-board"),
+        &["grants", "revoke", &id, "--reason", "study closed"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, _) = qido(&s, "/dicomweb/studies", &researcher, &[&grant, purpose]);
+    assert_eq!(code, 403);
+}
