@@ -68,14 +68,40 @@ impl Rules {
     }
 }
 
-/// A count as shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// A count as shown; in JSON a number, or the string `"suppressed"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shown {
     /// Under the threshold (zero included).
     Suppressed,
     /// The protected figure.
     Count(u64),
+}
+
+impl Serialize for Shown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shown::Count(n) => s.serialize_u64(*n),
+            Shown::Suppressed => s.serialize_str("suppressed"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Shown {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Count(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Count(n) => Ok(Shown::Count(n)),
+            Either::Text(t) if t == "suppressed" => Ok(Shown::Suppressed),
+            Either::Text(_) => Err(serde::de::Error::custom(
+                "a shown count is a number or \"suppressed\"",
+            )),
+        }
+    }
 }
 
 /// The secret that keys record keys and noise (kept with the catalogue's keys).
@@ -249,6 +275,15 @@ mod tests {
             seen_for_one.is_subset(&seen_for_more),
             "one patient's differences {seen_for_one:?} vs several patients' {seen_for_more:?}"
         );
+    }
+
+    #[test]
+    fn shown_counts_are_numbers_or_suppressed_in_json() {
+        let v = serde_json::to_string(&[Shown::Count(15), Shown::Suppressed]).unwrap();
+        assert_eq!(v, r#"[15,"suppressed"]"#);
+        let back: Vec<Shown> = serde_json::from_str(&v).unwrap();
+        assert_eq!(back, vec![Shown::Count(15), Shown::Suppressed]);
+        assert!(serde_json::from_str::<Shown>(r#""hidden""#).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   (baseline first), with origin, split and country;
 //! - [`count`]: cohort counts over per-patient summaries (patients, studies, series,
 //!   broken down by site, vendor, split or origin), every figure protected;
+//! - [`kpi`]: the repository's indicators beside their targets, protected alike;
 //! - [`disclosure`]: the rules a count passes before anyone sees it: suppression under a
 //!   threshold, consistent perturbation by cell key, rounding.
 //!
@@ -28,5 +29,6 @@
 pub mod classify;
 pub mod count;
 pub mod disclosure;
+pub mod kpi;
 pub mod split;
 pub mod summary;

@@ -13,6 +13,7 @@ use axum::Json;
 use catalogue::classify::{Sequence, SeriesFacts};
 use catalogue::count::{self, Answer, By, Filter, PatientSummary, Studies, Vendor};
 use catalogue::disclosure::{CellKeys, Rules, Shown};
+use catalogue::kpi::{self, Kpis};
 use catalogue::split::{Origin, Split, SplitKey};
 use catalogue::summary::{self, Project, SeriesInput};
 use policy::model::Cohort;
@@ -340,5 +341,198 @@ pub async fn count_cmd(c: &ClientArgs, cohort: Option<&Path>, by: &[String]) -> 
         );
     }
     println!("{}", v["rules"]["note"].as_str().unwrap_or(""));
+    Ok(())
+}
+
+impl Catalogue {
+    /// The repository's indicators now (no model registry yet: issue 7 adds it).
+    pub async fn kpis(&self, catalog: &vault::catalog::Catalog) -> Result<Kpis> {
+        let patients = self.patients(catalog).await?;
+        Ok(kpi::kpis(
+            &patients,
+            &kpi::Models::new(),
+            &self.cells,
+            &self.rules,
+        ))
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "the catalogue cannot be read now"})),
+    )
+        .into_response()
+}
+
+/// `GET /kpi`: the indicators as JSON.
+pub async fn kpi_json(State(st): State<AppState>) -> Response {
+    match st.catalogue.kpis(st.vault.catalog()).await {
+        Ok(k) => Json(k).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "kpi failed");
+            unavailable()
+        }
+    }
+}
+
+/// `GET /kpi/page`: the same as a page with charts (inline SVG and CSS, nothing fetched
+/// from anywhere).
+pub async fn kpi_page(State(st): State<AppState>) -> Response {
+    match st.catalogue.kpis(st.vault.catalog()).await {
+        Ok(k) => (
+            [
+                ("content-type", "text/html; charset=utf-8"),
+                (
+                    "content-security-policy",
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                ),
+            ],
+            page(&k),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "kpi page failed");
+            unavailable()
+        }
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A figure as text (the same text the JSON carries).
+fn figure(v: &kpi::Value) -> (String, Option<f64>) {
+    match v {
+        kpi::Value::Count(Shown::Count(n)) | kpi::Value::Plain(n) => {
+            (n.to_string(), Some(*n as f64))
+        }
+        kpi::Value::Count(Shown::Suppressed) => ("suppressed".into(), None),
+        kpi::Value::Percent(Some(p)) => (format!("{p}"), Some(*p)),
+        kpi::Value::Percent(None) => ("suppressed".into(), None),
+    }
+}
+
+/// One horizontal bar, `frac` of the width (clamped), labelled.
+fn bar(class: &str, frac: f64, label: &str) -> String {
+    let w = (frac.clamp(0.0, 1.0) * 400.0).round();
+    format!(
+        r#"<svg class="chart" width="420" height="22" role="img" aria-label="{label}"><rect class="track" x="0" y="3" width="400" height="16"/><rect class="bar {class}" x="0" y="3" width="{w}" height="16"/></svg>"#,
+        label = esc(label)
+    )
+}
+
+/// The page: one row per indicator (figure, target, a bar of progress towards it), then
+/// patients by vendor and by site.
+fn page(k: &Kpis) -> String {
+    let mut rows = String::new();
+    for i in &k.indicators {
+        let (text, value) = figure(&i.value);
+        let chart = match (value, i.target) {
+            (Some(v), Some(t)) if t > 0.0 => bar(
+                "progress",
+                v / t,
+                &format!("{} towards {}", i.label, i.target_text),
+            ),
+            _ => String::new(),
+        };
+        rows.push_str(&format!(
+            r#"<tr><th>{}</th><td class="figure" data-key="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
+            esc(i.label),
+            i.key,
+            esc(&text),
+            esc(i.target_text),
+            chart
+        ));
+    }
+    let breakdown = |title: &str, key: &str, cells: Vec<(String, Shown)>| {
+        let max = cells
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Shown::Count(n) => Some(*n),
+                Shown::Suppressed => None,
+            })
+            .max()
+            .unwrap_or(0)
+            .max(1) as f64;
+        let mut out = format!("<h2>{}</h2><table>", esc(title));
+        for (name, s) in cells {
+            let (text, chart) = match s {
+                Shown::Count(n) => (
+                    n.to_string(),
+                    bar(key, n as f64 / max, &format!("{name}: {n}")),
+                ),
+                Shown::Suppressed => ("suppressed".to_string(), String::new()),
+            };
+            out.push_str(&format!(
+                r#"<tr><th>{}</th><td class="figure" data-key="{key}:{}">{}</td><td>{chart}</td></tr>"#,
+                esc(&name),
+                esc(&name),
+                esc(&text)
+            ));
+        }
+        out.push_str("</table>");
+        out
+    };
+    let vendors = breakdown(
+        "Patients by vendor",
+        "vendor",
+        k.vendors.iter().map(|(v, s)| (v.to_string(), *s)).collect(),
+    );
+    let sites = breakdown(
+        "Patients by site",
+        "site",
+        k.sites.iter().map(|(v, s)| (v.clone(), *s)).collect(),
+    );
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ProstateNET: key performance indicators</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+th, td {{ text-align: left; padding: 4px 12px; border-bottom: 1px solid #ddd; }}
+td.figure {{ text-align: right; font-variant-numeric: tabular-nums; }}
+rect.track {{ fill: #eee; }}
+rect.bar {{ fill: #2b6cb0; }}
+rect.bar.vendor {{ fill: #2f855a; }}
+rect.bar.site {{ fill: #b7791f; }}
+p.note {{ color: #555; max-width: 50em; }}
+</style></head><body>
+<h1>ProstateNET: key performance indicators</h1>
+<p class="note">Counts of patients, images and studies pass the catalogue's disclosure rules: under {} they are suppressed, the others are perturbed by a cell key and rounded to {}. Bars show progress towards each target.</p>
+<table><tr><th>Indicator</th><th>Now</th><th>Target</th><th>Progress</th></tr>{rows}</table>
+{vendors}{sites}
+</body></html>"#,
+        k.rules.threshold, k.rules.round_to
+    )
+}
+
+/// `hbs kpi`.
+pub async fn kpi_cmd(c: &ClientArgs) -> Result<()> {
+    let a = c.get("/kpi").await?;
+    if a.status != 200 {
+        return Err(crate::search::refused(&a));
+    }
+    let v: Value = serde_json::from_slice(&a.body).context("the gateway's answer")?;
+    if c.json {
+        println!("{v}");
+        return Ok(());
+    }
+    for i in v["indicators"].as_array().into_iter().flatten() {
+        let value = match &i["value"] {
+            Value::Null => "suppressed".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        println!(
+            "{:<34} {:>12}   target: {}",
+            i["label"].as_str().unwrap_or("?"),
+            value,
+            i["target_text"].as_str().unwrap_or("")
+        );
+    }
     Ok(())
 }

@@ -205,6 +205,11 @@ enum Cmd {
         #[command(flatten)]
         client: client::ClientArgs,
     },
+    /// The repository's key performance indicators beside their targets.
+    Kpi {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
     /// Count a cohort (patients, studies, series), protected: small cells suppressed,
     /// the rest perturbed and rounded.
     #[command(subcommand)]
@@ -584,6 +589,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Review(cmd) => govern_cli::review(cmd).await,
         Cmd::Grants(cmd) => govern_cli::grants(cmd).await,
+        Cmd::Kpi { client } => catalogue::kpi_cmd(&client).await,
         Cmd::Cohort(CohortCmd::Count { client, cohort, by }) => {
             catalogue::count_cmd(&client, cohort.as_deref(), &by).await
         }

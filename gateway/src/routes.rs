@@ -85,6 +85,8 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
     ("GET", "/audit/key", ALL),
     ("GET", "/audit/consistency", ALL),
     ("GET", "/audit/proof", ALL),
+    ("GET", "/kpi", ALL),
+    ("GET", "/kpi/page", ALL),
     (
         "POST",
         "/cohort/count",
@@ -146,6 +148,8 @@ pub fn router(state: AppState) -> Router {
             post(crate::governance::submit).get(crate::governance::list),
         )
         .route("/cohort/count", post(crate::catalogue::count))
+        .route("/kpi", get(crate::catalogue::kpi_json))
+        .route("/kpi/page", get(crate::catalogue::kpi_page))
         .route("/requests/{id}", get(crate::governance::show))
         .route("/requests/{id}/amend", post(crate::governance::amend))
         .route("/requests/{id}/withdraw", post(crate::governance::withdraw))

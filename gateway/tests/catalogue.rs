@@ -461,3 +461,67 @@ fn a_researcher_searches_only_the_cohort_of_a_data_grant() {
     let (code, _) = qido(&s, "/dicomweb/studies", &researcher, &[&grant, purpose]);
     assert_eq!(code, 403);
 }
+
+#[test]
+fn the_kpi_page_renders_in_a_real_browser_with_the_json_s_figures() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let (data, corpus) = (d.path().join("data"), d.path().join("corpus"));
+    synth(&corpus, 30);
+    for args in [
+        vec!["init"],
+        vec![
+            "ingest",
+            "--site",
+            "SITE_A",
+            "--jobs",
+            "4",
+            "--in",
+            corpus.to_str().unwrap(),
+        ],
+    ] {
+        let o = hbs().args(&args).arg("--data").arg(&data).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let s = start(&data);
+    let who = s.data.join("dev-certs/researcher");
+    // The JSON, through the command line.
+    let o = hbs_as(&s, &who, &["kpi", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let k: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let get = |key: &str| {
+        k["indicators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["key"] == key)
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(get("patients"), 30);
+    assert_eq!(get("vendors"), 3);
+    assert_eq!(get("sites"), 1);
+    // 30 patients x (2 slices x 3 series + 4 DCE images) per study, 45 studies, plus
+    // segmentations: within the rounding of the true figure.
+    assert!(get("images").as_u64().is_some_and(|v| v > 400), "{k}");
+    // Annotated: 6 patients, under the threshold, so no share is shown.
+    assert_eq!(get("annotated"), Value::Null);
+    let expected = d.path().join("kpi.json");
+    std::fs::write(&expected, &o.stdout).unwrap();
+    // The page, in chromium, with the researcher's certificate.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/kpi_page.py");
+    let o = Command::new(py)
+        .arg(script)
+        .arg(format!("https://localhost:{}/kpi/page", s.port))
+        .arg(who.join("cert.pem"))
+        .arg(who.join("key.pem"))
+        .arg(&expected)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -57,6 +57,8 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
         ("GET", "/audit/events") => Some(if role == "auditor" { 200 } else { 403 }),
         ("GET", "/audit/checkpoint") | ("GET", "/audit/key") => Some(all),
         ("GET", "/audit/consistency") | ("GET", "/audit/proof") => Some(400),
+        // The indicators, as JSON and as a page: every platform identity.
+        ("GET", "/kpi") | ("GET", "/kpi/page") => Some(all),
         // Cohort counts: no body counts everything.
         ("POST", "/cohort/count") => Some(if submit { 200 } else { 403 }),
         // Governance, called with no body and an unknown request: past the gate the
