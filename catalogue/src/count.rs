@@ -72,7 +72,7 @@ impl Vendor {
 }
 
 /// One study of a patient, as the catalogue summarises it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudySummary {
     /// Its (pseudonymized) Study Instance UID.
     pub uid: String,
@@ -84,6 +84,10 @@ pub struct StudySummary {
     pub sequences: BTreeSet<Sequence>,
     /// Series in the study.
     pub series: u64,
+    /// Magnetic field strength of its MR series, tesla (the highest, if they differ).
+    pub field_strength_t: Option<f64>,
+    /// The scanner model of its first MR series.
+    pub model: String,
     /// Instances (images) in the study.
     pub instances: u64,
 }
@@ -96,7 +100,7 @@ impl StudySummary {
 }
 
 /// One patient, as the catalogue summarises it (pseudonymized).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatientSummary {
     /// The pseudonym (never shown).
     pub pseudonym: String,
@@ -111,6 +115,8 @@ pub struct PatientSummary {
     pub origin: Origin,
     /// The split (prospective patients only).
     pub split: Option<Split>,
+    /// Whether the site sent a clinical record for the patient.
+    pub clinical: bool,
     /// The patient's studies.
     pub studies: Vec<StudySummary>,
 }
@@ -343,6 +349,8 @@ mod tests {
             sequences: seqs.iter().copied().collect(),
             series,
             instances: series * 20,
+            field_strength_t: Some(3.0),
+            model: "Skyra".into(),
         }
     }
 
@@ -382,6 +390,7 @@ mod tests {
                     site: if i < 60 { "SITE_A" } else { "SITE_B" }.into(),
                     country: if i < 60 { "GR" } else { "NL" }.into(),
                     origin,
+                    clinical: i % 2 == 0,
                     split: (origin == Origin::Prospective).then_some(if i % 8 == 1 {
                         Split::ExternalValidation
                     } else {

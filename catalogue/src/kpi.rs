@@ -78,6 +78,7 @@ pub fn kpis(patients: &[PatientSummary], models: &Models, keys: &CellKeys, rules
     let mut prospective = Cell::default();
     let mut retrospective = Cell::default();
     let mut annotated = Cell::default();
+    let mut clinical = Cell::default();
     let mut fine = Cell::default();
     let mut external = Cell::default();
     let mut vendors: BTreeMap<&'static str, Cell> = BTreeMap::new();
@@ -96,6 +97,9 @@ pub fn kpis(patients: &[PatientSummary], models: &Models, keys: &CellKeys, rules
             Some(Split::FineTuning) => fine.add(rk),
             Some(Split::ExternalValidation) => external.add(rk),
             None => {}
+        }
+        if p.clinical {
+            clinical.add(rk);
         }
         if p.studies.iter().any(|s| s.annotated()) {
             annotated.add(rk);
@@ -186,6 +190,13 @@ pub fn kpis(patients: &[PatientSummary], models: &Models, keys: &CellKeys, rules
             "about 5%",
         ),
         ind(
+            "clinical",
+            "Patients with a clinical record, %",
+            percent(show(clinical), n),
+            Some(100.0),
+            "every patient",
+        ),
+        ind(
             "retrospective_share",
             "Retrospective, %",
             percent(retro, n),
@@ -268,7 +279,10 @@ mod tests {
             } else {
                 Split::FineTuning
             }),
+            clinical: true,
             studies: vec![StudySummary {
+                field_strength_t: Some(1.5),
+                model: "Achieva".into(),
                 uid: format!("2.25.{i}"),
                 vendor: [Vendor::Siemens, Vendor::Ge, Vendor::Philips][i % 3],
                 baseline: true,
@@ -302,6 +316,7 @@ mod tests {
         assert_eq!(get("sites"), Value::Plain(4));
         assert_eq!(get("countries"), Value::Plain(3));
         assert_eq!(get("annotated"), Value::Percent(Some(5.0)));
+        assert_eq!(get("clinical"), Value::Percent(Some(100.0)));
         assert_eq!(get("retrospective_share"), Value::Percent(Some(60.0)));
         // Prospective: i % 5 < 2; external validation among them: i % 10 == 0 (100 of 400).
         assert_eq!(get("fine_tuning_share"), Value::Percent(Some(75.0)));

@@ -9,7 +9,11 @@
 //!   first is the baseline, the others follow-ups;
 //! - a patient's origin is decided by the day hbs first received any of its series;
 //!   prospective patients get their split ([`crate::split`]);
-//! - a site's country comes from the project's site list.
+//! - a site's country comes from the project's site list;
+//! - whether the site sent a clinical record for the patient comes from the vault;
+//! - consent: a patient whose consent is withdrawn leaves the catalogue altogether (the
+//!   vault crypto-shreds the patient and deletes its rows, `hbs vault withdraw`), so every
+//!   patient summarised has consent in force.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +39,10 @@ pub struct SeriesInput {
     pub facts: SeriesFacts,
     /// Instances in the series.
     pub instances: u64,
+    /// Magnetic field strength, tesla.
+    pub field_strength_t: Option<f64>,
+    /// Scanner model.
+    pub model: String,
     /// When hbs first received it, ms since 1970.
     pub first_received_ms: i64,
 }
@@ -54,6 +62,7 @@ const DAY_MS: i64 = 86_400_000;
 /// (under `key`) and record key (under `cells`).
 pub fn summarise(
     series: &[SeriesInput],
+    clinical: &std::collections::BTreeSet<String>,
     project: &Project,
     key: &SplitKey,
     cells: &CellKeys,
@@ -86,6 +95,7 @@ pub fn summarise(
             studies.sort_by(|a, b| (a.0.is_empty(), a.0, a.1).cmp(&(b.0.is_empty(), b.0, b.1)));
             let o = origin(first_ms.div_euclid(DAY_MS), project.cutoff);
             PatientSummary {
+                clinical: clinical.contains(pseudonym),
                 record: cells.record_key(pseudonym),
                 pseudonym: pseudonym.to_string(),
                 site: site.to_string(),
@@ -100,14 +110,21 @@ pub fn summarise(
                     .iter()
                     .enumerate()
                     .map(|(i, (_, uid, series))| {
-                        let vendor = series
+                        let mr = series
                             .iter()
                             .find(|s| s.facts.modality.eq_ignore_ascii_case("MR"))
-                            .or(series.first())
+                            .or(series.first());
+                        let vendor = mr
                             .map(|s| Vendor::from_manufacturer(&s.manufacturer))
                             .unwrap_or(Vendor::Other);
                         StudySummary {
                             uid: uid.to_string(),
+                            field_strength_t: series
+                                .iter()
+                                .filter(|s| s.facts.modality.eq_ignore_ascii_case("MR"))
+                                .filter_map(|s| s.field_strength_t)
+                                .reduce(f64::max),
+                            model: mr.map(|s| s.model.clone()).unwrap_or_default(),
                             vendor,
                             baseline: i == 0,
                             sequences: series.iter().map(|s| classify(&s.facts).sequence).collect(),
@@ -159,6 +176,8 @@ mod tests {
             .into(),
             facts,
             instances: 10,
+            field_strength_t: (kind != Sequence::SEG).then_some(3.0),
+            model: "Signa".into(),
             first_received_ms: received_day * DAY_MS + 5,
         }
     }
@@ -180,7 +199,11 @@ mod tests {
         };
         let key = SplitKey::new(&[4; 32]);
         let cells = CellKeys::new(&[5; 32]);
-        let p = summarise(&rows, &project, &key, &cells);
+        let clinical = ["PN-B".to_string()].into();
+        let p = summarise(&rows, &clinical, &project, &key, &cells);
+        assert!(p[1].clinical && !p[0].clinical);
+        assert_eq!(p[1].studies[0].field_strength_t, Some(3.0));
+        assert_eq!(p[1].studies[0].model, "Signa");
         assert_eq!(p[0].record, cells.record_key("PN-A"));
         assert_eq!(p.len(), 2);
         let (a, b) = (&p[0], &p[1]);
@@ -210,7 +233,7 @@ mod tests {
             Some(Split::FineTuning | Split::ExternalValidation)
         ));
         assert_eq!(a.split, key.split("PN-A", Origin::Prospective));
-        let other = summarise(&rows, &Project::default(), &key, &cells);
+        let other = summarise(&rows, &clinical, &Project::default(), &key, &cells);
         assert_eq!(other[0].country, "unknown");
     }
 }

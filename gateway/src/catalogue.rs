@@ -101,9 +101,11 @@ impl Catalogue {
             }
         }
         let rows = catalog.series().await?;
+        let clinical = catalog.with_clinical().await?;
         let inputs: Vec<SeriesInput> = rows.into_iter().map(series_input).collect();
         let p = std::sync::Arc::new(summary::summarise(
             &inputs,
+            &clinical,
             &self.project,
             &self.split,
             &self.cells,
@@ -151,6 +153,8 @@ fn series_input(r: vault::catalog::SeriesRow) -> SeriesInput {
         study_date: r.study_date,
         manufacturer: r.manufacturer,
         instances: u64::try_from(r.instances).unwrap_or(0),
+        field_strength_t: a.field_strength_t,
+        model: a.model,
         first_received_ms: r.first_received.saturating_mul(1000),
     }
 }

@@ -831,6 +831,7 @@ impl Catalog {
         site: &str,
         key_version: u32,
     ) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO clinical_records (object_id, pseudonym, site, key_version, created_at)
              VALUES ($1, $2, $3, $4, $5)
@@ -841,9 +842,23 @@ impl Catalog {
         .bind(site)
         .bind(key_version as i64)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        bump_version(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// The patients with a clinical record.
+    pub async fn with_clinical(&self) -> Result<std::collections::BTreeSet<String>, CatalogError> {
+        Ok(
+            sqlx::query("SELECT DISTINCT pseudonym FROM clinical_records")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
     }
 
     /// Instances of one patient, or all.
