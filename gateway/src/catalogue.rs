@@ -310,14 +310,9 @@ pub async fn count_cmd(c: &ClientArgs, cohort: Option<&Path>, by: &[String]) -> 
     };
     let body = json!({"cohort": cohort, "by": by});
     let a = crate::govern_cli::post(c, "/cohort/count", &body).await?;
-    if a.status != 200 {
-        return Err(crate::search::refused(&a));
-    }
-    let v: Value = serde_json::from_slice(&a.body).context("the gateway's answer")?;
-    if c.json {
-        println!("{v}");
+    let Some(v) = crate::search::json_answer(c, &a)? else {
         return Ok(());
-    }
+    };
     let cell = |x: &Value| match x {
         Value::Number(n) => n.to_string(),
         other => other.as_str().unwrap_or("?").to_string(),
@@ -517,14 +512,9 @@ p.note {{ color: #555; max-width: 50em; }}
 /// `hbs kpi`.
 pub async fn kpi_cmd(c: &ClientArgs) -> Result<()> {
     let a = c.get("/kpi").await?;
-    if a.status != 200 {
-        return Err(crate::search::refused(&a));
-    }
-    let v: Value = serde_json::from_slice(&a.body).context("the gateway's answer")?;
-    if c.json {
-        println!("{v}");
+    let Some(v) = crate::search::json_answer(c, &a)? else {
         return Ok(());
-    }
+    };
     for i in v["indicators"].as_array().into_iter().flatten() {
         let value = match &i["value"] {
             Value::Null => "suppressed".to_string(),

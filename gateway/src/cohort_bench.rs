@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use catalogue::classify::Sequence;
 use catalogue::count::{By, Filter, Studies, Vendor};
 use catalogue::split::Origin;
@@ -33,12 +33,7 @@ struct Row {
     max_ms: f64,
 }
 
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
-}
+use crate::policy_bench::pct;
 
 fn pseudonym(p: usize) -> String {
     format!("PN-{p:020}")
@@ -414,12 +409,5 @@ pub async fn run(
     }
     md.push_str("\nTarget: p99 under 50 ms at 20,000 patients and 10 million instances, on SQLite and PostgreSQL. Counts never read the instance rows: the vault keeps one summary row per series as it stores each instance, and the gateway keeps the patient summaries of the catalogue version it last read.\n");
     md.push_str(END);
-    let old = std::fs::read_to_string(report).unwrap_or_default();
-    let new = match (old.find(START), old.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], md, &old[b + END.len()..]),
-        _ => format!("{}\n{}\n", old.trim_end(), md),
-    };
-    std::fs::write(report, new).with_context(|| format!("cannot write {}", report.display()))?;
-    println!("{md}");
-    Ok(())
+    crate::policy_bench::write_section(report, START, END, &md)
 }

@@ -36,7 +36,8 @@ struct Row {
     cold_p50: f64,
 }
 
-fn pct(v: &mut [f64], q: f64) -> f64 {
+/// The `q` quantile of `v` (sorted in place), nearest rank.
+pub(crate) fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(((v.len() as f64 - 1.0) * q).round() as usize)
         .copied()
@@ -280,12 +281,18 @@ pub async fn run(work: &Path, pg: Option<String>, counts: &[usize], report: &Pat
     }
     md.push_str("\nTargets: p99 under 100 microseconds at 100,000 grants, for allow and deny; under 2x growth from 10,000 to 100,000. Why it holds: no enforcer holds the whole policy (see `policy::decide`): a route is decided by the caller's role's rules, work under a grant by the caller's own rules, so the number of grants in force does not enter a decision; and freshness costs two atomic loads per decision, not a database read, because changes are pushed (PostgreSQL `LISTEN/NOTIFY`; this process's own writes; on SQLite, which serves one gateway, a poll every 500 ms for other processes).\n");
     md.push_str(END);
+    write_section(report, START, END, &md)
+}
+
+/// Replaces the section of `report` between `start` and `end` (markers included in
+/// `md`) with `md`, or appends it; prints it.
+pub(crate) fn write_section(report: &Path, start: &str, end: &str, md: &str) -> Result<()> {
     let old = std::fs::read_to_string(report).unwrap_or_default();
-    let new = match (old.find(START), old.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], md, &old[b + END.len()..]),
+    let new = match (old.find(start), old.find(end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], md, &old[b + end.len()..]),
         _ => format!("{}\n{}\n", old.trim_end(), md),
     };
     std::fs::write(report, new).with_context(|| format!("cannot write {}", report.display()))?;
-    println!("{}", md);
+    println!("{md}");
     Ok(())
 }

@@ -69,6 +69,20 @@ pub fn refused(a: &Answer) -> anyhow::Error {
     anyhow::anyhow!("the gateway answered {}: {reason}", a.status)
 }
 
+/// The gateway's JSON answer, or its refusal as an error; printed as it came with
+/// `--json` (then `None`: nothing left for the caller to print).
+pub fn json_answer(c: &ClientArgs, a: &Answer) -> Result<Option<Value>> {
+    if a.status != 200 {
+        return Err(refused(a));
+    }
+    let v: Value = serde_json::from_slice(&a.body).context("the gateway's answer")?;
+    if c.json {
+        println!("{v}");
+        return Ok(None);
+    }
+    Ok(Some(v))
+}
+
 /// `hbs whoami`.
 pub async fn whoami(c: &ClientArgs) -> Result<()> {
     let a = c.get("/whoami").await?;

@@ -18,24 +18,16 @@ fn hbs() -> Command {
 /// `hbs cohort count` as the development researcher, with `args`, as JSON.
 fn count(s: &Server, cohort: Option<&str>, by: &str, dir: &Path) -> Value {
     let who = s.data.join("dev-certs/researcher");
-    let mut c = hbs();
-    c.args(["cohort", "count", "--json", "--gateway"])
-        .arg(format!("https://127.0.0.1:{}", s.port))
-        .arg("--cert")
-        .arg(who.join("cert.pem"))
-        .arg("--key")
-        .arg(who.join("key.pem"))
-        .arg("--ca")
-        .arg(s.data.join("ca/ca.pem"));
+    let f = dir.join("cohort.json");
+    let mut args = vec!["cohort", "count", "--json"];
     if let Some(json) = cohort {
-        let f = dir.join("cohort.json");
         std::fs::write(&f, json).unwrap();
-        c.arg("--cohort").arg(f);
+        args.extend(["--cohort", f.to_str().unwrap()]);
     }
     if !by.is_empty() {
-        c.args(["--by", by]);
+        args.extend(["--by", by]);
     }
-    let o: Output = c.output().unwrap();
+    let o: Output = hbs_as(s, &who, &args);
     assert!(
         o.status.success(),
         "{}{}",
@@ -57,22 +49,11 @@ fn n(v: &Value) -> Option<u64> {
 #[test]
 fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
     let d = tempfile::tempdir().unwrap();
-    let (data, corpus) = (d.path().join("data"), d.path().join("corpus"));
     // 30 patients at one site: Siemens, GE, Philips for i % 3 = 0, 1, 2 (10 each); even
     // i have a follow-up (15); i % 5 == 0 have a segmentation (6); every study holds T2W,
     // DWI, ADC and DCE.
-    synth(&corpus, 30);
-    let o = hbs().arg("init").arg("--data").arg(&data).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = hbs()
-        .args(["ingest", "--site", "SITE_A", "--jobs", "4", "--data"])
-        .arg(&data)
-        .arg("--in")
-        .arg(&corpus)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let s = start(&data);
+    let s = served_corpus(d.path(), 30);
+    let data = s.data.clone();
     let dir = d.path();
 
     let all = count(&s, None, "", dir);
@@ -183,19 +164,11 @@ fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
     let bad = |json: &str, needle: &str| {
         let f = dir.join("bad.json");
         std::fs::write(&f, json).unwrap();
-        let o = hbs()
-            .args(["cohort", "count", "--gateway"])
-            .arg(format!("https://127.0.0.1:{}", s.port))
-            .arg("--cert")
-            .arg(who.join("cert.pem"))
-            .arg("--key")
-            .arg(who.join("key.pem"))
-            .arg("--ca")
-            .arg(s.data.join("ca/ca.pem"))
-            .arg("--cohort")
-            .arg(&f)
-            .output()
-            .unwrap();
+        let o = hbs_as(
+            &s,
+            &who,
+            &["cohort", "count", "--cohort", f.to_str().unwrap()],
+        );
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             !o.status.success() && err.contains(needle),
@@ -295,22 +268,6 @@ fn curl_post_json(s: &Server, path: &str, json: &str, who: &Path) -> (u16, Strin
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-/// `hbs ARGS` as the holder of the certificates in `who`, against `s`.
-fn hbs_as(s: &Server, who: &Path, args: &[&str]) -> Output {
-    hbs()
-        .args(args)
-        .arg("--gateway")
-        .arg(format!("https://127.0.0.1:{}", s.port))
-        .arg("--cert")
-        .arg(who.join("cert.pem"))
-        .arg("--key")
-        .arg(who.join("key.pem"))
-        .arg("--ca")
-        .arg(s.data.join("ca/ca.pem"))
-        .output()
-        .unwrap()
-}
-
 /// A QIDO-RS GET with extra headers: (status, body).
 fn qido(s: &Server, path: &str, who: &Path, headers: &[&str]) -> (u16, String) {
     let mut c = Command::new("curl");
@@ -336,24 +293,8 @@ fn qido(s: &Server, path: &str, who: &Path, headers: &[&str]) -> (u16, String) {
 #[test]
 fn a_researcher_searches_only_the_cohort_of_a_data_grant() {
     let d = tempfile::tempdir().unwrap();
-    let (data, corpus) = (d.path().join("data"), d.path().join("corpus"));
-    synth(&corpus, 30);
-    for args in [
-        vec!["init"],
-        vec![
-            "ingest",
-            "--site",
-            "SITE_A",
-            "--jobs",
-            "4",
-            "--in",
-            corpus.to_str().unwrap(),
-        ],
-    ] {
-        let o = hbs().args(&args).arg("--data").arg(&data).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    let s = start(&data);
+    let s = served_corpus(d.path(), 30);
+    let data = s.data.clone();
     let dev = data.join("dev-certs");
     let researcher = dev.join("researcher");
     let board2 = d.path().join("board2");
@@ -466,24 +407,7 @@ fn a_researcher_searches_only_the_cohort_of_a_data_grant() {
 fn the_kpi_page_renders_in_a_real_browser_with_the_json_s_figures() {
     let Some(py) = python() else { return };
     let d = tempfile::tempdir().unwrap();
-    let (data, corpus) = (d.path().join("data"), d.path().join("corpus"));
-    synth(&corpus, 30);
-    for args in [
-        vec!["init"],
-        vec![
-            "ingest",
-            "--site",
-            "SITE_A",
-            "--jobs",
-            "4",
-            "--in",
-            corpus.to_str().unwrap(),
-        ],
-    ] {
-        let o = hbs().args(&args).arg("--data").arg(&data).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    let s = start(&data);
+    let s = served_corpus(d.path(), 30);
     let who = s.data.join("dev-certs/researcher");
     // The JSON, through the command line.
     let o = hbs_as(&s, &who, &["kpi", "--json"]);

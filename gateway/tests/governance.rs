@@ -9,23 +9,6 @@ use std::process::{Command, Output};
 
 use common::*;
 
-/// Runs `hbs ARGS` as the holder of the certificates in `who` against `s`.
-fn hbs_as(s: &Server, who: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hbs"))
-        .args(args)
-        .arg("--gateway")
-        .arg(format!("https://127.0.0.1:{}", s.port))
-        .arg("--cert")
-        .arg(who.join("cert.pem"))
-        .arg("--key")
-        .arg(who.join("key.pem"))
-        .arg("--ca")
-        .arg(s.data.join("ca/ca.pem"))
-        .env_remove("HBS_GATEWAY")
-        .output()
-        .unwrap()
-}
-
 fn ok_json(o: &Output) -> serde_json::Value {
     assert!(
         o.status.success(),

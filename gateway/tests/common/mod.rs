@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 pub struct Server {
     pub child: Child,
@@ -356,4 +356,51 @@ pub fn dicomweb_search(s: &Server, cert: &Path, level: &str, args: &[&str]) -> s
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Runs `hbs ARGS` as the holder of the certificates in `who` against `s`.
+pub fn hbs_as(s: &Server, who: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hbs"))
+        .args(args)
+        .arg("--gateway")
+        .arg(format!("https://127.0.0.1:{}", s.port))
+        .arg("--cert")
+        .arg(who.join("cert.pem"))
+        .arg("--key")
+        .arg(who.join("key.pem"))
+        .arg("--ca")
+        .arg(s.data.join("ca/ca.pem"))
+        .env_remove("HBS_GATEWAY")
+        .env_remove("HBS_DATABASE_URL")
+        .output()
+        .unwrap()
+}
+
+/// A data folder holding a synthetic corpus of `patients` patients from SITE_A
+/// (`hbs init`, `hbs ingest`), served.
+pub fn served_corpus(dir: &Path, patients: usize) -> Server {
+    let (data, corpus) = (dir.join("data"), dir.join("corpus"));
+    synth(&corpus, patients);
+    for args in [
+        vec!["init"],
+        vec![
+            "ingest",
+            "--site",
+            "SITE_A",
+            "--jobs",
+            "4",
+            "--in",
+            corpus.to_str().unwrap(),
+        ],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
+            .args(&args)
+            .arg("--data")
+            .arg(&data)
+            .env_remove("HBS_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    start(&data)
 }
