@@ -88,6 +88,8 @@ pub struct StudySummary {
     pub field_strength_t: Option<f64>,
     /// The scanner model of its first MR series.
     pub model: String,
+    /// What its segmentations segment (`gland`, `lesion`).
+    pub segments: BTreeSet<String>,
     /// Instances (images) in the study.
     pub instances: u64,
 }
@@ -351,6 +353,7 @@ mod tests {
             instances: series * 20,
             field_strength_t: Some(3.0),
             model: "Skyra".into(),
+            segments: BTreeSet::new(),
         }
     }
 

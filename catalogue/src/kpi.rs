@@ -283,6 +283,7 @@ mod tests {
             studies: vec![StudySummary {
                 field_strength_t: Some(1.5),
                 model: "Achieva".into(),
+                segments: BTreeSet::new(),
                 uid: format!("2.25.{i}"),
                 vendor: [Vendor::Siemens, Vendor::Ge, Vendor::Philips][i % 3],
                 baseline: true,

@@ -43,6 +43,8 @@ pub struct SeriesInput {
     pub field_strength_t: Option<f64>,
     /// Scanner model.
     pub model: String,
+    /// What a Segmentation segments (`gland`, `lesion`); empty for images.
+    pub segments: Vec<String>,
     /// When hbs first received it, ms since 1970.
     pub first_received_ms: i64,
 }
@@ -125,6 +127,10 @@ pub fn summarise(
                                 .filter_map(|s| s.field_strength_t)
                                 .reduce(f64::max),
                             model: mr.map(|s| s.model.clone()).unwrap_or_default(),
+                            segments: series
+                                .iter()
+                                .flat_map(|s| s.segments.iter().cloned())
+                                .collect(),
                             vendor,
                             baseline: i == 0,
                             sequences: series.iter().map(|s| classify(&s.facts).sequence).collect(),
@@ -178,6 +184,11 @@ mod tests {
             instances: 10,
             field_strength_t: (kind != Sequence::SEG).then_some(3.0),
             model: "Signa".into(),
+            segments: if kind == Sequence::SEG {
+                vec!["gland".into(), "lesion".into()]
+            } else {
+                Vec::new()
+            },
             first_received_ms: received_day * DAY_MS + 5,
         }
     }
@@ -222,6 +233,10 @@ mod tests {
             [Sequence::T2W, Sequence::DWI, Sequence::ADC, Sequence::SEG].into()
         );
         assert!(b.studies[0].annotated());
+        assert_eq!(
+            b.studies[0].segments,
+            ["gland".to_string(), "lesion".to_string()].into()
+        );
         // The vendor comes from the MR series, not the segmentation tool.
         assert_eq!(b.studies[0].vendor, Vendor::Ge);
         assert_eq!((b.studies[0].series, b.studies[0].instances), (4, 40));

@@ -155,6 +155,7 @@ fn series_input(r: vault::catalog::SeriesRow) -> SeriesInput {
         instances: u64::try_from(r.instances).unwrap_or(0),
         field_strength_t: a.field_strength_t,
         model: a.model,
+        segments: a.segments,
         first_received_ms: r.first_received.saturating_mul(1000),
     }
 }

@@ -162,8 +162,8 @@ async fn fill(url: &str, sqlite: bool, patients: usize, instances: u64) -> Resul
             sqlx::query(
                 "INSERT INTO series_facts (series_uid, pseudonym, site, study_uid, study_date, modality, sop_class,
                     manufacturer, model, series_description, image_type, scanning_sequence, echo_time_ms,
-                    field_strength_t, temporal_positions, instances, first_received)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'bench', '', $9, $10, $11, 3.0, $12, $13, $14)",
+                    field_strength_t, temporal_positions, segments, instances, first_received)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'bench', '', $9, $10, $11, 3.0, $12, $13, $14, $15)",
             )
             .bind(uid.clone())
             .bind(pseudonym(p))
@@ -177,6 +177,7 @@ async fn fill(url: &str, sqlite: bool, patients: usize, instances: u64) -> Resul
             .bind(scanning)
             .bind(te)
             .bind(temporal)
+            .bind(if kind == Sequence::SEG { "gland,lesion" } else { "" })
             .bind(90i64)
             .bind(received)
             .execute(&mut c)

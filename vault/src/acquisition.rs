@@ -37,6 +37,43 @@ pub struct Acquisition {
     pub field_strength_t: Option<f64>,
     /// Manufacturer's Model Name (0008,1090).
     pub model: String,
+    /// What a Segmentation segments, from its segments' coded property types and
+    /// categories (never their free-text labels): `gland` (SCT 41216001 Prostate),
+    /// `lesion` (SCT 49755003 Morphologically Altered Structure, 108369006 Neoplasm,
+    /// 52988006 Lesion); empty for images.
+    pub segments: Vec<String>,
+}
+
+/// The code values of the items of a code sequence.
+fn codes<'e>(item: &'e [Element<'_>], seq: Tag) -> Vec<&'e str> {
+    match dicom::find(item, seq).map(|e| &e.value) {
+        Some(Value::Seq(items)) => items
+            .iter()
+            .filter_map(|i| dicom::text(i, Tag(0x0008, 0x0100)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// What the Segment Sequence (0062,0002) of a Segmentation segments.
+fn segments(ds: &[Element<'_>]) -> Vec<String> {
+    let Some(Value::Seq(items)) = dicom::find(ds, Tag(0x0062, 0x0002)).map(|e| &e.value) else {
+        return Vec::new();
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for item in items {
+        let mut c = codes(item, Tag(0x0062, 0x000F));
+        c.extend(codes(item, Tag(0x0062, 0x0003)));
+        if c.contains(&"41216001") {
+            out.insert("gland");
+        }
+        if c.iter()
+            .any(|v| matches!(*v, "49755003" | "108369006" | "52988006"))
+        {
+            out.insert("lesion");
+        }
+    }
+    out.into_iter().map(String::from).collect()
 }
 
 /// The first value of a numeric element, whatever its encoding: text (DS, IS), binary
@@ -130,6 +167,7 @@ pub fn read(ds: &[Element<'_>], encoding: Encoding) -> Acquisition {
         temporal_positions: whole(num(0x0020, 0x0105)),
         field_strength_t: num(0x0018, 0x0087),
         model: text(0x0008, 0x1090),
+        segments: segments(ds),
     }
 }
 
@@ -193,6 +231,46 @@ mod tests {
         }
         // Nothing there: no b-value.
         assert_eq!(read(&ds, Encoding::ExplicitLe).b_value, None);
+    }
+
+    #[test]
+    fn a_segmentation_says_what_it_segments_by_code() {
+        let code = |v: &str| {
+            vec![
+                txt(0x0008, 0x0100, VR::SH, v),
+                txt(0x0008, 0x0102, VR::SH, "SCT"),
+            ]
+        };
+        let seg = |cat: &str, typ: &str| {
+            vec![
+                el_seq(0x0062, 0x0003, vec![code(cat)]),
+                txt(0x0062, 0x0005, VR::LO, "whatever the site wrote"),
+                el_seq(0x0062, 0x000F, vec![code(typ)]),
+            ]
+        };
+        let ds = vec![el_seq(
+            0x0062,
+            0x0002,
+            vec![seg("91723000", "41216001"), seg("49755003", "108369006")],
+        )];
+        assert_eq!(
+            read(&ds, Encoding::ExplicitLe).segments,
+            vec!["gland", "lesion"]
+        );
+        let gland_only = vec![el_seq(0x0062, 0x0002, vec![seg("91723000", "41216001")])];
+        assert_eq!(
+            read(&gland_only, Encoding::ExplicitLe).segments,
+            vec!["gland"]
+        );
+        assert!(read(&[], Encoding::ExplicitLe).segments.is_empty());
+    }
+
+    fn el_seq(g: u16, e: u16, items: Vec<Vec<Element<'static>>>) -> Element<'static> {
+        Element {
+            tag: Tag(g, e),
+            vr: VR::SQ,
+            value: Value::Seq(items),
+        }
     }
 
     #[test]

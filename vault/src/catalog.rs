@@ -245,8 +245,8 @@ async fn upsert_series(
     sqlx::query(
         "INSERT INTO series_facts (series_uid, pseudonym, site, study_uid, study_date, modality, sop_class,
             manufacturer, model, series_description, image_type, scanning_sequence, echo_time_ms,
-            field_strength_t, temporal_positions, instances, first_received)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16)
+            field_strength_t, temporal_positions, segments, instances, first_received)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1, $17)
          ON CONFLICT (series_uid) DO UPDATE SET
             instances = series_facts.instances + 1,
             temporal_positions = CASE WHEN excluded.temporal_positions > series_facts.temporal_positions
@@ -267,6 +267,7 @@ async fn upsert_series(
     .bind(a.echo_time_ms)
     .bind(a.field_strength_t)
     .bind(temporal)
+    .bind(a.segments.join(","))
     .bind(now())
     .execute(&mut *conn)
     .await?;
@@ -657,6 +658,7 @@ impl Catalog {
                 echo_time_ms DOUBLE PRECISION,
                 field_strength_t DOUBLE PRECISION,
                 temporal_positions BIGINT NOT NULL,
+                segments TEXT NOT NULL,
                 instances BIGINT NOT NULL,
                 first_received BIGINT NOT NULL)"
                 .to_string(),
@@ -787,7 +789,7 @@ impl Catalog {
         let rows = sqlx::query(
             "SELECT series_uid, pseudonym, site, study_uid, study_date, modality, sop_class, manufacturer,
                 model, series_description, image_type, scanning_sequence, echo_time_ms, field_strength_t,
-                temporal_positions, instances, first_received
+                temporal_positions, instances, first_received, segments
              FROM series_facts ORDER BY series_uid",
         )
         .fetch_all(&self.pool)
@@ -811,6 +813,12 @@ impl Catalog {
                         scanning_sequence: r.get(11),
                         echo_time_ms: r.get(12),
                         field_strength_t: r.get(13),
+                        segments: r
+                            .get::<String, _>(17)
+                            .split(',')
+                            .filter(|v| !v.is_empty())
+                            .map(String::from)
+                            .collect(),
                         ..Default::default()
                     },
                     series_description: r.get(9),

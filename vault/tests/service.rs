@@ -453,8 +453,11 @@ async fn series_facts_are_kept_per_series_on_every_database() {
             let a = &s.acquisition;
             if s.modality == "SEG" {
                 seg += 1;
+                // The synthetic segmentations hold the gland and the index lesion, coded.
+                assert_eq!(a.segments, vec!["gland", "lesion"], "{engine}");
                 continue;
             }
+            assert!(a.segments.is_empty());
             assert!(
                 matches!(a.field_strength_t, Some(f) if f == 1.5 || f == 3.0),
                 "{engine}: field strength {:?}",
