@@ -149,6 +149,9 @@ async fn group_commit(
         let result = async {
             let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
             let mut fresh = Vec::with_capacity(rows.len());
+            // The batch's new instances, by series: one summary update per series.
+            let mut by_series: std::collections::BTreeMap<&str, SeriesBatch<'_>> =
+                Default::default();
             for (row, acq) in &rows {
                 let f = insert_instance_row(&mut *tx, row)
                     .await
@@ -157,12 +160,30 @@ async fn group_commit(
                 // nothing.
                 if f {
                     if let Some(a) = acq {
-                        upsert_series(&mut tx, row, a)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let b = by_series.entry(&row.series_uid).or_insert(SeriesBatch {
+                            row,
+                            acq: a,
+                            instances: 0,
+                            temporal: 0,
+                            b_values: Vec::new(),
+                        });
+                        b.instances += 1;
+                        b.temporal = b.temporal.max(i64::from(
+                            a.temporal_position
+                                .unwrap_or(0)
+                                .max(a.temporal_positions.unwrap_or(0)),
+                        ));
+                        if let Some(v) = a.b_value {
+                            if !b.b_values.contains(&v) {
+                                b.b_values.push(v);
+                            }
+                        }
                     }
                 }
                 fresh.push(f);
+            }
+            for b in by_series.values() {
+                upsert_series(&mut tx, b).await.map_err(|e| e.to_string())?;
             }
             if fresh.iter().any(|f| *f) {
                 bump_version(&mut tx).await.map_err(|e| e.to_string())?;
@@ -232,23 +253,30 @@ async fn bump_version(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error>
 
 /// Adds an instance to its series' facts (the catalogue's summary: one row per series,
 /// its distinct b-values beside it).
+/// A batch's new instances of one series: the first one's facts, how many, the most
+/// temporal positions and the distinct b-values among them.
+struct SeriesBatch<'a> {
+    row: &'a InstanceRow,
+    acq: &'a Acquisition,
+    instances: i64,
+    temporal: i64,
+    b_values: Vec<f64>,
+}
+
+/// Adds a batch's instances to their series' facts (the catalogue's summary: one row per
+/// series, its distinct b-values beside it).
 async fn upsert_series(
     conn: &mut sqlx::AnyConnection,
-    r: &InstanceRow,
-    a: &Acquisition,
+    b: &SeriesBatch<'_>,
 ) -> Result<(), sqlx::Error> {
-    let temporal = i64::from(
-        a.temporal_position
-            .unwrap_or(0)
-            .max(a.temporal_positions.unwrap_or(0)),
-    );
+    let (r, a) = (b.row, b.acq);
     sqlx::query(
         "INSERT INTO series_facts (series_uid, pseudonym, site, study_uid, study_date, modality, sop_class,
             manufacturer, model, series_description, image_type, scanning_sequence, echo_time_ms,
             field_strength_t, temporal_positions, segments, instances, first_received)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1, $17)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (series_uid) DO UPDATE SET
-            instances = series_facts.instances + 1,
+            instances = series_facts.instances + excluded.instances,
             temporal_positions = CASE WHEN excluded.temporal_positions > series_facts.temporal_positions
                 THEN excluded.temporal_positions ELSE series_facts.temporal_positions END",
     )
@@ -266,17 +294,18 @@ async fn upsert_series(
     .bind(&a.scanning_sequence)
     .bind(a.echo_time_ms)
     .bind(a.field_strength_t)
-    .bind(temporal)
+    .bind(b.temporal)
     .bind(a.segments.join(","))
+    .bind(b.instances)
     .bind(now())
     .execute(&mut *conn)
     .await?;
-    if let Some(b) = a.b_value {
+    for v in &b.b_values {
         sqlx::query(
             "INSERT INTO series_b_values (series_uid, b_value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(&r.series_uid)
-        .bind(b)
+        .bind(*v)
         .execute(&mut *conn)
         .await?;
     }

@@ -430,11 +430,15 @@ async fn series_facts_are_kept_per_series_on_every_database() {
         let engine = if db.is_some() { "postgres" } else { "sqlite" };
         let (v, _cfg) = vault_for(&root.path().join(format!("data{i}")), db).await;
         let site = SiteId::new("SITE_A").unwrap();
-        let mut stored = 0;
+        // Concurrently, so group commits hold several instances of one series.
+        let mut set = tokio::task::JoinSet::new();
         for f in &files {
-            if let Ingested::Stored { .. } =
-                v.ingest(&site, std::fs::read(f).unwrap()).await.unwrap()
-            {
+            let (v, site, bytes) = (v.clone(), site.clone(), std::fs::read(f).unwrap());
+            set.spawn(async move { v.ingest(&site, bytes).await.unwrap() });
+        }
+        let mut stored = 0;
+        while let Some(r) = set.join_next().await {
+            if let Ingested::Stored { .. } = r.unwrap() {
                 stored += 1;
             }
         }
