@@ -149,12 +149,20 @@ impl ClientArgs {
 
     /// `GET path_and_query`.
     pub async fn get(&self, path_and_query: &str) -> Result<Answer> {
+        self.get_with(path_and_query, &[]).await
+    }
+
+    /// `GET path_and_query` with extra headers.
+    pub async fn get_with(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<Answer> {
         let connector = self.connector()?;
         self.send(&connector, |host| {
-            Ok(hyper::Request::get(path_and_query)
+            let mut r = hyper::Request::get(path_and_query)
                 .header("host", host)
-                .header("accept", "application/dicom+json, application/json")
-                .body(Full::new(Bytes::new()))?)
+                .header("accept", "application/dicom+json, application/json");
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            Ok(r.body(Full::new(Bytes::new()))?)
         })
         .await
     }

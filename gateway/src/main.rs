@@ -236,6 +236,12 @@ enum Cmd {
         /// Matching keys, KEY=VALUE (PatientID, StudyDate, Modality, ModalitiesInStudy,
         /// Manufacturer, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID).
         filters: Vec<String>,
+        /// Researchers: the data grant to search under (its ID).
+        #[arg(long, requires = "purpose")]
+        grant: Option<String>,
+        /// Researchers: the purpose the grant was approved for.
+        #[arg(long, requires = "grant")]
+        purpose: Option<String>,
     },
     /// Data, service and policy requests: submit, amend, list, show, withdraw.
     #[command(subcommand)]
@@ -612,8 +618,11 @@ async fn run(cli: Cli) -> Result<()> {
             limit,
             offset,
             filters,
+            grant,
+            purpose,
         } => {
             let q = search::Query {
+                grant: grant.zip(purpose),
                 level,
                 study,
                 series,

@@ -20,6 +20,8 @@ pub struct Query {
     pub offset: Option<u32>,
     /// KEY=VALUE matching keys.
     pub filters: Vec<String>,
+    /// A researcher's data grant, and the purpose it was granted for.
+    pub grant: Option<(String, String)>,
 }
 
 impl Query {
@@ -156,7 +158,14 @@ fn columns(level: &str) -> &'static [(&'static str, &'static str)] {
 
 /// `hbs search`.
 pub async fn search(c: &ClientArgs, q: &Query) -> Result<()> {
-    let a = c.get(&q.path()?).await?;
+    let headers: Vec<(&str, &str)> = match &q.grant {
+        Some((g, p)) => vec![
+            (crate::qido::GRANT_HEADER, g.as_str()),
+            (crate::governance::PURPOSE_HEADER, p.as_str()),
+        ],
+        None => Vec::new(),
+    };
+    let a = c.get_with(&q.path()?, &headers).await?;
     if a.status != 200 {
         return Err(refused(&a));
     }
@@ -221,6 +230,7 @@ mod tests {
             limit: Some(5),
             offset: None,
             filters: filters.iter().map(|s| s.to_string()).collect(),
+            grant: None,
         }
     }
 

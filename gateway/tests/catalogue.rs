@@ -335,6 +335,23 @@ fn a_researcher_searches_only_the_cohort_of_a_data_grant() {
     assert_eq!(code, 200, "{body}");
     let studies: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(studies.len(), 15, "{body}");
+    // The same from the command line.
+    let o = hbs_as(
+        &s,
+        &researcher,
+        &[
+            "search",
+            "studies",
+            "--grant",
+            &id,
+            "--purpose",
+            "csPCa-detection",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cli: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(cli.len(), 15);
     let (code, body) = qido(
         &s,
         "/dicomweb/series?Modality=MR",
