@@ -50,7 +50,7 @@ use crate::model::{self, Query, Rule, SCOPE_FN};
 use crate::store::{Engine, PolicyStore, CHANNEL};
 use crate::PolicyError;
 
-/// Most enforcers kept; past it, the cache starts again (they rebuild on use, about half
+/// Most enforcers kept; past it, half of them are dropped (they rebuild on use, about half
 /// a millisecond each). Each Casbin enforcer carries its own script engine, about 300 KB
 /// measured (`hbs policy bench` peaks at 585 MB RSS with some 1,900 built), so this
 /// bounds a gateway's decider at roughly 300 MB.
@@ -367,6 +367,11 @@ impl Decider {
         Ok(d)
     }
 
+    /// How many enforcers are cached now (at most [`MAX_CACHED`]).
+    pub fn cached(&self) -> usize {
+        self.lock_cache().enforcers.len()
+    }
+
     /// Whether changes by other replicas are being pushed (else each decision reads the
     /// version).
     pub fn watching(&self) -> bool {
@@ -474,7 +479,13 @@ impl Decider {
                 // Keep it only if no change arrived while it loaded.
                 if c.version == version {
                     if c.enforcers.len() >= MAX_CACHED {
-                        c.enforcers.clear();
+                        // Drop half (in the map's arbitrary order), not all: the callers
+                        // still cached keep their enforcers.
+                        let drop: Vec<String> =
+                            c.enforcers.keys().take(MAX_CACHED / 2).cloned().collect();
+                        for k in drop {
+                            c.enforcers.remove(&k);
+                        }
                     }
                     c.enforcers.insert(key, h.clone());
                 }

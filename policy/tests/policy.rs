@@ -1078,3 +1078,45 @@ async fn the_model_changes_only_through_review_and_only_to_one_that_enforces() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_enforcer_cache_is_bounded_and_stays_right_past_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("cache.db").display()
+    );
+    let store = PolicyStore::open(&url, None).await.unwrap();
+    store
+        .seed(&[(
+            "GET /metrics".into(),
+            vec![Rule::route("auditor", "GET", "/metrics")],
+        )])
+        .await
+        .unwrap();
+    let d = Decider::open(store.clone()).await.unwrap();
+    let max = policy::decide::MAX_CACHED;
+    // More callers than the cache holds: each has its own grant-scoped enforcer.
+    for i in 0..max + 50 {
+        let q = grant_query(
+            &format!("spiffe://prostatenet/researcher/r{i}"),
+            "none",
+            "cohort:",
+            "search",
+            "p",
+            now_ms(),
+        );
+        assert!(!d.decide(&q).await.unwrap().allow);
+        assert!(d.cached() <= max, "{} cached", d.cached());
+    }
+    // Past the bound, route decisions are still right (rebuilt when dropped).
+    let q = Query::route(
+        "spiffe://prostatenet/auditor/ann",
+        "auditor",
+        "GET",
+        "/metrics",
+        now_ms(),
+    );
+    assert!(d.decide(&q).await.unwrap().allow);
+    assert!(d.cached() > max / 2 - 1);
+}
