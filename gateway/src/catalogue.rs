@@ -268,33 +268,11 @@ pub async fn count(State(st): State<AppState>, body: axum::body::Bytes) -> Respo
     }
 }
 
-fn shown(s: Shown) -> Value {
-    match s {
-        Shown::Count(n) => json!(n),
-        Shown::Suppressed => json!("suppressed"),
-    }
-}
-
-fn figures(f: &count::Figures) -> Value {
-    json!({"patients": shown(f.patients), "studies": shown(f.studies), "series": shown(f.series)})
-}
-
-/// The answer as JSON: figures are numbers or `"suppressed"`.
+/// The answer as JSON (figures are numbers or `"suppressed"`), the rules with a note.
 fn answer_json(a: &Answer) -> Value {
-    json!({
-        "total": figures(&a.total),
-        "by": a.by.iter().map(|r| {
-            let mut v = figures(&r.figures);
-            v["cell"] = json!(r.cell.iter().map(|(k, x)| (format!("{k:?}").to_lowercase(), x.clone())).collect::<BTreeMap<_, _>>());
-            v
-        }).collect::<Vec<_>>(),
-        "rules": {
-            "threshold": a.rules.threshold,
-            "round_to": a.rules.round_to,
-            "max_noise": a.rules.max_noise,
-            "note": "counts under the threshold are suppressed (zero included); the others are perturbed by a cell key (the same patients always give the same answer) and rounded; cells need not add up to the total",
-        },
-    })
+    let mut v = serde_json::to_value(a).unwrap_or_else(|_| json!({}));
+    v["rules"]["note"] = json!("counts under the threshold are suppressed (zero included); the others are perturbed by a cell key (the same patients always give the same answer) and rounded; cells need not add up to the total");
+    v
 }
 
 /// `hbs cohort count`.

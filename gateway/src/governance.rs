@@ -518,6 +518,30 @@ pub struct DecisionParams {
     model: Option<String>,
 }
 
+/// The question for work under grant `grant`: may the caller do `act` on `obj` now, for
+/// the purpose it declares in the `hbs-purpose` header?
+pub fn grant_query(
+    p: &Principal,
+    grant: &str,
+    obj: String,
+    act: &str,
+    headers: &HeaderMap,
+) -> PolicyQuery {
+    PolicyQuery {
+        sub: subject(p),
+        role: format!("role:{}", p.role),
+        dom: format!("grant:{grant}"),
+        obj,
+        act: act.into(),
+        purpose: headers
+            .get(PURPOSE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        now_ms: now_ms(),
+    }
+}
+
 /// `GET /grants/{id}/decision?action=A[&site=..&vendor=..&model=..]` with the purpose in
 /// the `hbs-purpose` header: the decision the gateway takes for work under that grant
 /// (the catalogue and the compute service ask the same question), with its rule. The
@@ -530,11 +554,6 @@ pub async fn decision(
     Query(q): Query<DecisionParams>,
     headers: HeaderMap,
 ) -> Response {
-    let purpose = headers
-        .get(PURPOSE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
     let mut attrs = Vec::new();
     for (k, v) in [
         ("site", &q.site),
@@ -559,15 +578,7 @@ pub async fn decision(
         }
     }
     let act = q.action.unwrap_or_else(|| "search".into());
-    let query = PolicyQuery {
-        sub: subject(&p),
-        role: format!("role:{}", p.role),
-        dom: format!("grant:{id}"),
-        obj: resource_scope(&attrs),
-        act: act.clone(),
-        purpose,
-        now_ms: now_ms(),
-    };
+    let query = grant_query(&p, &id, resource_scope(&attrs), &act, &headers);
     let d = match st.policy.decide(&query).await {
         Ok(d) => d,
         Err(e) => return policy_error(&e),

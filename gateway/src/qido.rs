@@ -266,16 +266,14 @@ async fn granted_studies(st: &AppState, c: &Caller) -> Result<Vec<String>, Respo
             "researchers search under a data grant: send its ID in the hbs-grant header and its purpose in hbs-purpose",
         ));
     }
-    let query = policy::model::Query {
-        sub: crate::governance::subject(&c.p),
-        role: format!("role:{}", c.p.role),
-        dom: format!("grant:{grant}"),
-        // The search names no attribute; the answer is confined to the grant's cohort.
-        obj: policy::model::resource_scope(&[]),
-        act: "search".into(),
-        purpose: header(crate::governance::PURPOSE_HEADER),
-        now_ms: crate::record::now_ms(),
-    };
+    // The search names no attribute; the answer is confined to the grant's cohort.
+    let query = crate::governance::grant_query(
+        &c.p,
+        &grant,
+        policy::model::resource_scope(&[]),
+        "search",
+        &c.headers,
+    );
     let d = st.policy.decide(&query).await.map_err(|_| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
