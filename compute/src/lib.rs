@@ -1,8 +1,37 @@
-//! # compute: the sandboxed enclave where approved models meet the data
+//! # compute: the enclave where approved models meet the data
 //!
-//! This crate will own the job runner, ONNX inference with tract, transfer-learning of
-//! vendor-specific heads, output disclosure control and the model registry. It is handed
-//! decrypted inputs; it never reads the blob store or keys itself.
+//! A researcher's approved service request brings an ONNX model (named by its SHA-256)
+//! to a cohort; only checked outputs come back. This crate holds the parts of that
+//! path that are not HTTP or storage:
 //!
-//! It is empty on purpose: the compute-enclave issue fills it.
-#![forbid(unsafe_code)]
+//! - [`sandbox`]: the worker process and its confinement (namespaces by bubblewrap,
+//!   cgroup v1 memory and pids limits, rlimits, Landlock, seccomp, a timeout and an
+//!   output cap), and the fixed vocabulary of failures it reports;
+//! - [`protocol`]: the frame a worker reads (spec, model, decrypted inputs) and the
+//!   results it writes; nothing in it knows the gateway, so workers can run elsewhere;
+//! - [`worker`]: the worker's `main`;
+//! - [`infer`]: running a model with tract inside the worker;
+//! - [`card`]: model cards (what a model takes and gives);
+//! - [`metrics`]: AUC, sensitivity and specificity, calibration, Dice, Hausdorff;
+//! - [`release`]: output disclosure control (what of a job's results may leave).
+//!
+//! It does not read the blob store or keys: the gateway hands it decrypted inputs, and
+//! they reach the worker only through a pipe. It is the one crate with `unsafe` code,
+//! in one place ([`sandbox`], `pre_exec`), which says why.
+//!
+//! ```
+//! use compute::metrics::{auc, Confusion};
+//! let scores = [0.9, 0.8, 0.3, 0.1];
+//! let labels = [true, false, true, false];
+//! assert_eq!(auc(&scores, &labels), Some(0.75));
+//! assert_eq!(Confusion::at(&scores, &labels, 0.5).sensitivity(), Some(0.5));
+//! ```
+#![deny(unsafe_code)]
+
+pub mod card;
+pub mod infer;
+pub mod metrics;
+pub mod protocol;
+pub mod release;
+pub mod sandbox;
+pub mod worker;

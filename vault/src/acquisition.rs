@@ -56,7 +56,7 @@ fn codes<'e>(item: &'e [Element<'_>], seq: Tag) -> Vec<&'e str> {
 }
 
 /// What the Segment Sequence (0062,0002) of a Segmentation segments.
-fn segments(ds: &[Element<'_>]) -> Vec<String> {
+pub(crate) fn segments(ds: &[Element<'_>]) -> Vec<String> {
     let Some(Value::Seq(items)) = dicom::find(ds, Tag(0x0062, 0x0002)).map(|e| &e.value) else {
         return Vec::new();
     };
@@ -78,7 +78,7 @@ fn segments(ds: &[Element<'_>]) -> Vec<String> {
 
 /// The first value of a numeric element, whatever its encoding: text (DS, IS), binary
 /// (FD, FL, US, UL, SS, SL) or unknown (UN: 8 bytes read as FD, 4 as FL).
-fn number(el: &Element<'_>, big: bool) -> Option<f64> {
+pub(crate) fn number(el: &Element<'_>, big: bool) -> Option<f64> {
     let Value::Bytes(b) = &el.value else {
         return None;
     };

@@ -37,6 +37,7 @@ pub mod catalog;
 pub mod clinical;
 pub mod crypto;
 pub mod deid;
+pub mod image;
 pub mod dicom;
 pub mod pseudonym;
 pub mod store;

@@ -8,7 +8,9 @@
 //!   vendors with their header conventions (private b-value tags, Siemens CSA headers,
 //!   Philips private sequences written as explicit-VR `UN` of undefined length), and for
 //!   about one patient in five a DICOM Segmentation (gland and index lesion) of the
-//!   baseline T2W series, in `series-9901`;
+//!   baseline T2W series, in `series-9901`. The index lesion shows in the images as
+//!   much as the patient's ISUP grade says (not at all for 0, faintly for 1, plainly
+//!   for 2 and above), so models can be checked against the clinical records;
 //! - `OUT/<SITE>/clinical.csv`: one clinical record per patient of the site;
 //! - `OUT/identifiers.json`: every identifying string planted anywhere above, so a test
 //!   can assert that none of them survives de-identification.
@@ -1434,6 +1436,19 @@ impl Anatomy {
     }
 }
 
+/// How visible the index lesion is, by ISUP grade: not at all without cancer, faintly
+/// for grade 1, plainly for clinically significant cancer (grade 2 and above). The
+/// compute enclave's tests rely on this: a model that finds the lesion separates
+/// ISUP >= 2 from the rest, and the right answer is known from the clinical records.
+fn conspicuity(isup: u8) -> f32 {
+    match isup {
+        0 => 0.0,
+        1 => 0.35,
+        2 => 0.8,
+        _ => 1.0,
+    }
+}
+
 fn contrast(kind: Kind, b: Option<u32>, temporal: Option<u32>) -> Contrast {
     match kind {
         Kind::T2w => Contrast {
@@ -2247,12 +2262,9 @@ impl Gen<'_> {
                 ],
             );
             let mut pixels = std::mem::take(&mut self.pixels);
-            anatomy.render(
-                &mut pixels,
-                contrast(kind, s.b, s.temporal),
-                s.stack,
-                &mut rng,
-            );
+            let mut c = contrast(kind, s.b, s.temporal);
+            c.lesion *= conspicuity(p.clinical.isup);
+            anatomy.render(&mut pixels, c, s.stack, &mut rng);
             o.bytes(tags::PIXEL_DATA, VR::OW, pixels);
 
             let meta = FileMetaTableBuilder::new()

@@ -1,0 +1,248 @@
+//! What crosses the sandbox boundary: the job in (on the worker's stdin), the results
+//! out (on its stdout). Pure: bytes to values and back.
+//!
+//! The protocol holds no gateway types, so a worker can as well be fed by a queue on
+//! another machine. The input frame is binary, because it carries decrypted pixels
+//! (megabytes per study, where JSON would cost more than inference):
+//!
+//! ```text
+//! "HBSJOB1\n"  u32 spec length   spec (JSON: JobSpec)
+//!              u32 model length  model (ONNX bytes)
+//!              u32 cases         per case: u32 id, u32 label (0, 1, or 2 = unknown),
+//!                                u32 dims, dims x u32, then f32 values (little-endian)
+//! ```
+//!
+//! The output is one JSON document ([`Results`]), bounded by the launcher's cap.
+
+use serde::{Deserialize, Serialize};
+
+use crate::card::Card;
+
+const MAGIC: &[u8] = b"HBSJOB1\n";
+/// Most values in one case tensor (a 64-slice 512x512 volume).
+const MAX_VALUES: usize = 64 * 512 * 512;
+
+/// What the worker does with each case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Run the model; return each case's score (and features) or mask.
+    Infer,
+}
+
+/// The job as the worker sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// What to do.
+    pub action: Action,
+    /// The model's card.
+    pub card: Card,
+    /// SHA-256 of the model the approval names; the worker refuses another.
+    pub model_sha256: String,
+    /// Threads tract may use.
+    pub threads: usize,
+}
+
+/// One case: a study's tensor, and its label where the job may use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    /// Opaque number, chosen by the gateway.
+    pub id: u32,
+    /// Label: Some(true/false), or None where the worker must not know it.
+    pub label: Option<bool>,
+    /// Shape of `values`.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// A whole job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// The spec.
+    pub spec: JobSpec,
+    /// The ONNX model.
+    pub model: Vec<u8>,
+    /// The cases.
+    pub cases: Vec<Case>,
+}
+
+/// A case's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// The case's number.
+    pub id: u32,
+    /// Classifier: the study's probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    /// Classifier: the study's feature vector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<f32>,
+    /// Segmenter: the mask at the card's threshold, bits packed (LSB first), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+}
+
+/// What the worker returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// One per case, in order.
+    pub cases: Vec<CaseResult>,
+}
+
+/// Errors reading a frame.
+#[derive(Debug, thiserror::Error)]
+#[error("job frame: {0}")]
+pub struct FrameError(String);
+
+/// Writes a job frame.
+pub fn encode(job: &Job) -> Vec<u8> {
+    let spec = serde_json::to_vec(&job.spec).unwrap_or_default();
+    let values: usize = job.cases.iter().map(|c| c.values.len()).sum();
+    let mut out = Vec::with_capacity(64 + spec.len() + job.model.len() + values * 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+    out.extend_from_slice(&spec);
+    out.extend_from_slice(&(job.model.len() as u32).to_le_bytes());
+    out.extend_from_slice(&job.model);
+    out.extend_from_slice(&(job.cases.len() as u32).to_le_bytes());
+    for c in &job.cases {
+        out.extend_from_slice(&c.id.to_le_bytes());
+        let label: u32 = match c.label {
+            Some(false) => 0,
+            Some(true) => 1,
+            None => 2,
+        };
+        out.extend_from_slice(&label.to_le_bytes());
+        out.extend_from_slice(&(c.shape.len() as u32).to_le_bytes());
+        for d in &c.shape {
+            out.extend_from_slice(&(*d as u32).to_le_bytes());
+        }
+        for v in &c.values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError("truncated".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// Reads a job frame.
+pub fn decode(bytes: &[u8]) -> Result<Job, FrameError> {
+    let mut r = Reader(bytes);
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err(FrameError("not a job frame".into()));
+    }
+    let n = r.u32()? as usize;
+    let spec: JobSpec = serde_json::from_slice(r.take(n)?)
+        .map_err(|e| FrameError(format!("spec: {e}")))?;
+    let n = r.u32()? as usize;
+    let model = r.take(n)?.to_vec();
+    let count = r.u32()? as usize;
+    let mut cases = Vec::with_capacity(count.min(100_000));
+    for _ in 0..count {
+        let id = r.u32()?;
+        let label = match r.u32()? {
+            0 => Some(false),
+            1 => Some(true),
+            2 => None,
+            _ => return Err(FrameError("bad label".into())),
+        };
+        let dims = r.u32()? as usize;
+        if dims == 0 || dims > 6 {
+            return Err(FrameError("bad tensor rank".into()));
+        }
+        let mut shape = Vec::with_capacity(dims);
+        for _ in 0..dims {
+            shape.push(r.u32()? as usize);
+        }
+        let len = shape
+            .iter()
+            .try_fold(1usize, |a, d| a.checked_mul(*d))
+            .filter(|n| *n <= MAX_VALUES)
+            .ok_or_else(|| FrameError("tensor too large".into()))?;
+        let raw = r.take(len * 4)?;
+        let values = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        cases.push(Case {
+            id,
+            label,
+            shape,
+            values,
+        });
+    }
+    if !r.0.is_empty() {
+        return Err(FrameError("trailing bytes".into()));
+    }
+    Ok(Job { spec, model, cases })
+}
+
+/// Packs a mask into hex (LSB first within each byte).
+pub fn pack(on: &[bool]) -> String {
+    let mut bytes = vec![0u8; on.len().div_ceil(8)];
+    for (i, _) in on.iter().enumerate().filter(|(_, b)| **b) {
+        bytes[i / 8] |= 1 << (i % 8);
+    }
+    hex::encode(bytes)
+}
+
+/// Unpacks `n` bits from [`pack`]'s hex.
+pub fn unpack(hex_bits: &str, n: usize) -> Option<Vec<bool>> {
+    let bytes = hex::decode(hex_bits).ok()?;
+    if bytes.len() != n.div_ceil(8) {
+        return None;
+    }
+    Some((0..n).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_survives_the_frame_and_a_damaged_frame_is_refused() {
+        let card = Card::parse(include_bytes!("../models/cspca-dwi-classifier.json")).unwrap();
+        let job = Job {
+            spec: JobSpec {
+                action: Action::Infer,
+                card,
+                model_sha256: "ab".repeat(32),
+                threads: 1,
+            },
+            model: vec![1, 2, 3],
+            cases: vec![Case {
+                id: 7,
+                label: None,
+                shape: vec![2, 1, 2, 2],
+                values: (0..8).map(|v| v as f32).collect(),
+            }],
+        };
+        let bytes = encode(&job);
+        assert_eq!(decode(&bytes).unwrap(), job);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
+        assert!(decode(b"GET / HTTP/1.1").is_err());
+        let bits = [true, false, true, true, false, false, false, false, true];
+        assert_eq!(unpack(&pack(&bits), bits.len()).unwrap(), bits);
+    }
+}
