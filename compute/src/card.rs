@@ -68,15 +68,16 @@ pub struct Geometry {
 impl Card {
     /// Reads and checks a card; the error names the field at fault.
     pub fn parse(json: &[u8]) -> Result<Card, String> {
-        let card: Card =
-            serde_json::from_slice(json).map_err(|e| format!("model card: {e}"))?;
+        let card: Card = serde_json::from_slice(json).map_err(|e| format!("model card: {e}"))?;
         card.geometry()?;
         for (key, needed) in [
             ("score", card.task == Task::Classifier),
             ("mask", card.task == Task::Segmenter),
         ] {
             if needed && !card.outputs.contains_key(key) {
-                return Err(format!("model card: outputs.{key} is required for this task"));
+                return Err(format!(
+                    "model card: outputs.{key} is required for this task"
+                ));
             }
         }
         if card.name.is_empty() || card.name.len() > 100 {
@@ -103,7 +104,9 @@ impl Card {
             return Err("model card: inputs[0].scale must be a positive number".into());
         }
         let n = |v: &serde_json::Value| v.as_u64().filter(|n| (8..=1024).contains(n));
-        let bad = || "model card: inputs[0].shape must be [1, rows, cols] or [1, \"slices\", rows, cols], 8 to 1024 pixels".to_string();
+        let bad = || {
+            "model card: inputs[0].shape must be [1, rows, cols] or [1, \"slices\", rows, cols], 8 to 1024 pixels".to_string()
+        };
         match input.shape.as_slice() {
             [c, r, k] if c.as_u64() == Some(1) => Ok(Geometry {
                 rows: n(r).ok_or_else(bad)? as usize,
@@ -136,6 +139,8 @@ mod tests {
             assert_eq!(card.geometry().unwrap().rows, 128);
         }
         let bad = include_str!("../models/lesion-unet-2d.json").replace("T2W", "CT");
-        assert!(Card::parse(bad.as_bytes()).unwrap_err().contains("sequence"));
+        assert!(Card::parse(bad.as_bytes())
+            .unwrap_err()
+            .contains("sequence"));
     }
 }

@@ -176,7 +176,8 @@ impl Mask {
                         || !at(z, y, x + 1)
                         || !at(z, y - 1, x)
                         || !at(z, y + 1, x)
-                        || (d > 1 && (z == 0 || z + 1 == d || !at(z - 1, y, x) || !at(z + 1, y, x)));
+                        || (d > 1
+                            && (z == 0 || z + 1 == d || !at(z - 1, y, x) || !at(z + 1, y, x)));
                     if edge {
                         out.push([
                             z as f64 * self.spacing[0],

@@ -150,8 +150,8 @@ pub fn decode(bytes: &[u8]) -> Result<Job, FrameError> {
         return Err(FrameError("not a job frame".into()));
     }
     let n = r.u32()? as usize;
-    let spec: JobSpec = serde_json::from_slice(r.take(n)?)
-        .map_err(|e| FrameError(format!("spec: {e}")))?;
+    let spec: JobSpec =
+        serde_json::from_slice(r.take(n)?).map_err(|e| FrameError(format!("spec: {e}")))?;
     let n = r.u32()? as usize;
     let model = r.take(n)?.to_vec();
     let count = r.u32()? as usize;

@@ -237,7 +237,10 @@ pub fn check(raw: &Raw, approved: &Approved, rules: &Rules) -> Released {
             }
             let mut o = Map::new();
             if allowed("counts") {
-                o.insert("patients".into(), json!(round_count(s.patients, rules.round_to)));
+                o.insert(
+                    "patients".into(),
+                    json!(round_count(s.patients, rules.round_to)),
+                );
                 if s.positives + s.negatives > 0 {
                     for (k, n) in [("positives", s.positives), ("negatives", s.negatives)] {
                         if n < rules.threshold {
@@ -334,23 +337,35 @@ pub fn check(raw: &Raw, approved: &Approved, rules: &Rules) -> Released {
                 rules.threshold
             ))
         } else if !approved.weights_release_approved {
-            Some("releasing trained weights needs the ethics board's approval of this release".into())
+            Some(
+                "releasing trained weights needs the ethics board's approval of this release"
+                    .into(),
+            )
         } else {
             None
         };
         match rule {
-            Some(rule) => block("weights", &format!("{rule}; the model stays in the registry, usable inside the enclave")),
+            Some(rule) => block(
+                "weights",
+                &format!("{rule}; the model stays in the registry, usable inside the enclave"),
+            ),
             None => {
                 out.insert(
                     "weights".into(),
-                    json!(w.values.iter().map(|v| significant(*v, rules.digits)).collect::<Vec<_>>()),
+                    json!(w
+                        .values
+                        .iter()
+                        .map(|v| significant(*v, rules.digits))
+                        .collect::<Vec<_>>()),
                 );
             }
         }
     }
 
     let mut outputs = Value::Object(out);
-    let size = serde_json::to_vec(&outputs).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&outputs)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > rules.max_bytes {
         block(
             "everything",
@@ -373,9 +388,12 @@ mod tests {
             patients,
             positives,
             negatives: patients - positives,
-            metrics: [("auc".to_string(), auc), ("sensitivity".to_string(), 0.87654)]
-                .into_iter()
-                .collect(),
+            metrics: [
+                ("auc".to_string(), auc),
+                ("sensitivity".to_string(), 0.87654),
+            ]
+            .into_iter()
+            .collect(),
             calibration: vec![(0.0, 0.1, 30, 0.04321, 0.0333), (0.9, 1.0, 4, 0.95, 1.0)],
         }
     }
@@ -384,7 +402,9 @@ mod tests {
         let mut strata = BTreeMap::new();
         strata.insert(
             "all".to_string(),
-            [("all".to_string(), stratum(63, 24, 0.912345))].into_iter().collect(),
+            [("all".to_string(), stratum(63, 24, 0.912345))]
+                .into_iter()
+                .collect(),
         );
         strata.insert(
             "site".to_string(),
@@ -415,12 +435,19 @@ mod tests {
     }
 
     fn rules_of(r: &Released) -> Vec<(&str, &str)> {
-        r.blocked.iter().map(|b| (b.what.as_str(), b.rule.as_str())).collect()
+        r.blocked
+            .iter()
+            .map(|b| (b.what.as_str(), b.rule.as_str()))
+            .collect()
     }
 
     #[test]
     fn counts_round_metrics_keep_three_digits_and_small_strata_are_suppressed_twice() {
-        let r = check(&raw(), &approved(&["counts", "auc", "calibration"]), &Rules::default());
+        let r = check(
+            &raw(),
+            &approved(&["counts", "auc", "calibration"]),
+            &Rules::default(),
+        );
         let all = &r.outputs["strata"]["all"]["all"];
         assert_eq!(all["patients"], 65);
         assert_eq!(all["positives"], 25);
@@ -435,19 +462,34 @@ mod tests {
         let sites = r.outputs["strata"]["site"].as_object().unwrap();
         assert_eq!(sites.keys().collect::<Vec<_>>(), vec!["SITE_A"]);
         let blocked = rules_of(&r);
-        assert!(blocked.iter().any(|(w, rule)| *w == "site/SITE_C" && rule.contains("fewer than 10")));
-        assert!(blocked.iter().any(|(w, rule)| *w == "site/SITE_B" && rule.contains("secondary")));
+        assert!(blocked
+            .iter()
+            .any(|(w, rule)| *w == "site/SITE_C" && rule.contains("fewer than 10")));
+        assert!(blocked
+            .iter()
+            .any(|(w, rule)| *w == "site/SITE_B" && rule.contains("secondary")));
         // Per-patient values and weights were not approved: blocked with the rule.
-        assert!(blocked.iter().any(|(w, rule)| *w == "per_patient" && rule.contains("recipient")));
-        assert!(blocked.iter().any(|(w, rule)| *w == "weights" && rule.contains("does not list")));
+        assert!(blocked
+            .iter()
+            .any(|(w, rule)| *w == "per_patient" && rule.contains("recipient")));
+        assert!(blocked
+            .iter()
+            .any(|(w, rule)| *w == "weights" && rule.contains("does not list")));
         assert!(r.outputs.get("weights").is_none());
     }
 
     #[test]
     fn a_metric_resting_on_a_small_class_is_held_back() {
         let mut raw = raw();
-        raw.strata.get_mut("all").unwrap().insert("all".into(), stratum(40, 6, 0.8));
-        let r = check(&raw, &approved(&["counts", "auc", "sensitivity"]), &Rules::default());
+        raw.strata
+            .get_mut("all")
+            .unwrap()
+            .insert("all".into(), stratum(40, 6, 0.8));
+        let r = check(
+            &raw,
+            &approved(&["counts", "auc", "sensitivity"]),
+            &Rules::default(),
+        );
         let all = &r.outputs["strata"]["all"]["all"];
         assert_eq!(all["patients"], 40);
         assert!(all.get("positives").is_none());
@@ -469,18 +511,30 @@ mod tests {
     fn weights_leave_only_small_enough_and_with_the_board_s_approval() {
         let mut a = approved(&["weights"]);
         let r = check(&raw(), &a, &Rules::default());
-        assert!(rules_of(&r).iter().any(|(w, rule)| *w == "weights" && rule.contains("board")));
+        assert!(rules_of(&r)
+            .iter()
+            .any(|(w, rule)| *w == "weights" && rule.contains("board")));
         a.weights_release_approved = true;
         let r = check(&raw(), &a, &Rules::default());
         assert_eq!(r.outputs["weights"].as_array().unwrap().len(), 5);
         let mut big = raw();
-        big.weights = Some(Weights { values: vec![0.0; 20], training_patients: 40 });
+        big.weights = Some(Weights {
+            values: vec![0.0; 20],
+            training_patients: 40,
+        });
         let r = check(&big, &a, &Rules::default());
-        assert!(rules_of(&r).iter().any(|(_, rule)| rule.contains("nfilter.glm")));
+        assert!(rules_of(&r)
+            .iter()
+            .any(|(_, rule)| rule.contains("nfilter.glm")));
         let mut few = raw();
-        few.weights = Some(Weights { values: vec![0.0; 4], training_patients: 13 });
+        few.weights = Some(Weights {
+            values: vec![0.0; 4],
+            training_patients: 13,
+        });
         let r = check(&few, &a, &Rules::default());
-        assert!(rules_of(&r).iter().any(|(_, rule)| rule.contains("degrees of freedom")));
+        assert!(rules_of(&r)
+            .iter()
+            .any(|(_, rule)| rule.contains("degrees of freedom")));
     }
 
     #[test]
@@ -489,10 +543,15 @@ mod tests {
         a.per_patient_recipient = Some("trial 42 data manager, recalibration".into());
         let r = check(&raw(), &a, &Rules::default());
         assert_eq!(r.outputs["per_patient"]["scores"][0][1], 0.5);
-        let small = Rules { max_bytes: 10, ..Rules::default() };
+        let small = Rules {
+            max_bytes: 10,
+            ..Rules::default()
+        };
         let r = check(&raw(), &a, &small);
         assert_eq!(r.outputs, json!({}));
-        assert!(rules_of(&r).iter().any(|(_, rule)| rule.contains("over the cap")));
+        assert!(rules_of(&r)
+            .iter()
+            .any(|(_, rule)| rule.contains("over the cap")));
     }
 
     #[test]

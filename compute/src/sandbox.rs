@@ -100,7 +100,9 @@ impl Limits {
 #[serde(rename_all = "snake_case", tag = "failure", content = "detail")]
 pub enum Failure {
     /// The host cannot confine a worker (the detail names the missing layer).
-    #[error("the sandbox cannot be set up on this host: {0}; jobs are refused, never run unconfined")]
+    #[error(
+        "the sandbox cannot be set up on this host: {0}; jobs are refused, never run unconfined"
+    )]
     NoSandbox(String),
     /// Killed past the wall-clock limit.
     #[error("the worker ran past its time limit of {0} s and was killed")]
@@ -181,7 +183,9 @@ impl Launcher {
             )));
         }
         if !self.worker.is_file() {
-            return Err(Failure::NoSandbox("the worker executable is missing".into()));
+            return Err(Failure::NoSandbox(
+                "the worker executable is missing".into(),
+            ));
         }
         for c in CONTROLLERS {
             let dir = self.cgroup_root.join(c);
@@ -193,7 +197,10 @@ impl Launcher {
             }
             let parent = dir.join(&self.cgroup_name);
             std::fs::create_dir_all(&parent).map_err(|e| {
-                Failure::NoSandbox(format!("cannot create the cgroup {}: {e}", parent.display()))
+                Failure::NoSandbox(format!(
+                    "cannot create the cgroup {}: {e}",
+                    parent.display()
+                ))
             })?;
         }
         Ok(())
@@ -203,7 +210,12 @@ impl Launcher {
     fn command(&self, args: &[String], out: &Path) -> Command {
         let mut c = Command::new(&self.bwrap);
         c.env_clear()
-            .args(["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"])
+            .args([
+                "--unshare-all",
+                "--die-with-parent",
+                "--new-session",
+                "--clearenv",
+            ])
             .args(["--cap-drop", "ALL", "--uid", "65534", "--gid", "65534"])
             .args(["--ro-bind", "/usr", "/usr"])
             .args(["--symlink", "usr/lib", "/lib"])
@@ -380,7 +392,11 @@ impl Group {
         // Swap counts too where the kernel accounts it.
         let memsw = g.dirs[0].join("memory.memsw.limit_in_bytes");
         if memsw.exists() {
-            set(&g.dirs[0], "memory.memsw.limit_in_bytes", limits.memory_bytes)?;
+            set(
+                &g.dirs[0],
+                "memory.memsw.limit_in_bytes",
+                limits.memory_bytes,
+            )?;
         }
         set(&g.dirs[1], "pids.max", limits.pids)?;
         Ok(g)
@@ -585,8 +601,8 @@ fn denied() -> Vec<i64> {
 
 fn seccomp() -> Result<(), String> {
     use seccompiler::{
-        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-        SeccompFilter, SeccompRule,
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule,
     };
     let arch = std::env::consts::ARCH
         .try_into()

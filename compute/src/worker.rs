@@ -110,7 +110,10 @@ fn try_escape(attempt: &str, arg: &str) -> (bool, String) {
         "fork-bomb" => {
             let mut processes = 0;
             for _ in 0..200 {
-                if std::process::Command::new("/enclave/worker").spawn().is_ok() {
+                if std::process::Command::new("/enclave/worker")
+                    .spawn()
+                    .is_ok()
+                {
                     processes += 1;
                 }
             }
@@ -135,7 +138,10 @@ fn try_escape(attempt: &str, arg: &str) -> (bool, String) {
             for _ in 0..1024 {
                 let mut v: Vec<u8> = Vec::new();
                 if v.try_reserve_exact(64 << 20).is_err() {
-                    return (false, format!("allocation refused after {} MiB", held.len() * 64));
+                    return (
+                        false,
+                        format!("allocation refused after {} MiB", held.len() * 64),
+                    );
                 }
                 v.resize(64 << 20, 1);
                 held.push(v);
@@ -158,9 +164,9 @@ fn try_escape(attempt: &str, arg: &str) -> (bool, String) {
             }
             (true, "wrote".into())
         }
-        "ptrace" => show(
-            std::fs::read_to_string("/proc/1/environ").map(|_| "read another process".into()),
-        ),
+        "ptrace" => {
+            show(std::fs::read_to_string("/proc/1/environ").map(|_| "read another process".into()))
+        }
         _ => (false, "unknown attempt".into()),
     }
 }

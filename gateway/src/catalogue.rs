@@ -133,6 +133,11 @@ fn values(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// The sequence type of a catalogue series row.
+pub fn classify_row(r: &vault::catalog::SeriesRow) -> catalogue::classify::Sequence {
+    catalogue::classify::classify(&series_input(r.clone()).facts).sequence
+}
+
 fn series_input(r: vault::catalog::SeriesRow) -> SeriesInput {
     let a = r.acquisition;
     SeriesInput {

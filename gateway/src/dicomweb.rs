@@ -549,6 +549,14 @@ pub fn sha256_hex(b: &[u8]) -> String {
     vault::tree::sha256_hex(b)
 }
 
+/// Signs `data` with the gateway's key (as receipts are signed).
+pub fn sign_bytes(
+    key: &openssl::pkey::PKeyRef<openssl::pkey::Private>,
+    data: &[u8],
+) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    sign(key, data)
+}
+
 /// ECDSA (the key's algorithm) over SHA-256 of `data`, DER-encoded.
 fn sign(
     key: &openssl::pkey::PKeyRef<openssl::pkey::Private>,

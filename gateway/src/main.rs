@@ -18,8 +18,10 @@ mod client;
 mod cohort_bench;
 mod contribute;
 mod dicomweb;
+mod enclave;
 mod govern_cli;
 mod governance;
+mod jobs;
 mod policy_bench;
 mod qido;
 mod record;
@@ -205,6 +207,17 @@ enum Cmd {
         #[command(flatten)]
         client: client::ClientArgs,
     },
+    /// Jobs: run an approved service request's model in the compute enclave.
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// The model registry.
+    Models {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// The compute enclave's sandbox: check it, probe it.
+    #[command(subcommand)]
+    Enclave(EnclaveCmd),
     /// The repository's key performance indicators beside their targets.
     Kpi {
         #[command(flatten)]
@@ -503,6 +516,64 @@ enum CaCmd {
     },
 }
 
+/// `hbs job`.
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Queue a job for an approved service request of yours; prints its ID.
+    Submit {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// The service request.
+        #[arg(long)]
+        request: String,
+        /// Parameters (JSON object, for example {"threshold": 0.5}).
+        #[arg(long)]
+        params: Option<PathBuf>,
+    },
+    /// A job's status, reason and released outputs.
+    Show {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// The job ID.
+        id: String,
+    },
+}
+
+/// `hbs enclave`.
+#[derive(Subcommand)]
+enum EnclaveCmd {
+    /// Check that this host can sandbox jobs, and measure the sandbox's start-up.
+    Check {
+        /// Start this many empty workers to time start-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an escape attempt in the sandbox a job gets, and report what happened
+    /// (tcp, dns, read, write, write-out, exec, fork-bomb, alloc, loop, output, ptrace).
+    Probe {
+        /// The attempt.
+        attempt: String,
+        /// Its argument (an address, a path).
+        #[arg(long, default_value = "")]
+        arg: String,
+        /// Wall-clock limit, seconds.
+        #[arg(long, default_value_t = 10)]
+        wall_seconds: u64,
+        /// Memory limit, MiB.
+        #[arg(long, default_value_t = 256)]
+        memory_mib: u64,
+        /// CPU limit, seconds.
+        #[arg(long, default_value_t = 30)]
+        cpu_seconds: u64,
+        /// Output cap, bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        output_bytes: u64,
+    },
+}
+
 #[derive(Subcommand)]
 enum VaultCmd {
     /// Decrypt one patient's instances and clinical records, or all, into a folder.
@@ -537,6 +608,13 @@ enum VaultCmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // The sandboxed worker confines itself before anything else runs: no runtime, no
+    // logger, no thread (see compute::sandbox).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("enclave-worker") {
+        let code = compute::worker::main(&args[2..]);
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .json()
@@ -596,6 +674,32 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Review(cmd) => govern_cli::review(cmd).await,
         Cmd::Grants(cmd) => govern_cli::grants(cmd).await,
         Cmd::Kpi { client } => catalogue::kpi_cmd(&client).await,
+        Cmd::Enclave(EnclaveCmd::Check { runs, json }) => enclave::check(runs, json),
+        Cmd::Job(JobCmd::Submit {
+            client,
+            request,
+            params,
+        }) => jobs::submit_cmd(&client, &request, params.as_deref()).await,
+        Cmd::Job(JobCmd::Show { client, id }) => jobs::show_cmd(&client, &id).await,
+        Cmd::Models { client } => jobs::models_cmd(&client).await,
+        Cmd::Enclave(EnclaveCmd::Probe {
+            attempt,
+            arg,
+            wall_seconds,
+            memory_mib,
+            cpu_seconds,
+            output_bytes,
+        }) => enclave::probe(
+            &attempt,
+            &arg,
+            compute::sandbox::Limits {
+                memory_bytes: memory_mib << 20,
+                wall_seconds,
+                cpu_seconds,
+                output_bytes,
+                ..Default::default()
+            },
+        ),
         Cmd::Cohort(CohortCmd::Count { client, cohort, by }) => {
             catalogue::count_cmd(&client, cohort.as_deref(), &by).await
         }
@@ -673,7 +777,11 @@ async fn run(cli: Cli) -> Result<()> {
                 catalogue::Catalogue::new(vault.pseudonymizer(), &data.catalogue()?)
                     .context("the catalogue")?,
             );
+            let jobs = jobs::Jobs::open(policy.store().pool().clone(), &cfg.data_dir)
+                .await
+                .context("the job queue")?;
             let state = routes::AppState {
+                jobs,
                 catalogue,
                 vault,
                 metrics: Default::default(),
@@ -682,6 +790,8 @@ async fn run(cli: Cli) -> Result<()> {
                 audit,
                 policy,
             };
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            jobs::start_runners(state.clone(), workers);
             server::serve(state, cfg.data_dir.clone(), listen).await
         }
         Cmd::Demo {

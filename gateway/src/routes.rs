@@ -34,6 +34,8 @@ pub struct AppState {
     pub policy: Arc<policy::decide::Decider>,
     /// Cohort counts with their disclosure control.
     pub catalogue: Arc<crate::catalogue::Catalogue>,
+    /// The job queue and the model registry (the compute enclave).
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// The public key of the caller's verified certificate (to check what it signs).
@@ -107,6 +109,13 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
         &[Role::EthicsBoard, Role::Operator],
     ),
     ("GET", "/grants/{id}/decision", &[Role::Researcher]),
+    ("POST", "/jobs", &[Role::Researcher]),
+    (
+        "GET",
+        "/jobs/{id}",
+        &[Role::Researcher, Role::Auditor, Role::Operator],
+    ),
+    ("GET", "/models", GOVERNANCE),
 ];
 
 /// The router: [`ROUTES`] with their handlers, behind the role gate and the metrics.
@@ -159,6 +168,9 @@ pub fn router(state: AppState) -> Router {
         .route("/grants", get(crate::governance::grants))
         .route("/grants/{id}/revoke", post(crate::governance::revoke))
         .route("/grants/{id}/decision", get(crate::governance::decision))
+        .route("/jobs", post(crate::jobs::submit))
+        .route("/jobs/{id}", get(crate::jobs::show))
+        .route("/models", get(crate::jobs::models))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }

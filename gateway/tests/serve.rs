@@ -79,6 +79,14 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
         }),
         // Researchers pass the route; holding no such grant, the decision is a denial.
         ("GET", "/grants/{id}/decision") => Some(403),
+        // Jobs: researchers submit (no body: 400); a job nobody has: 404.
+        ("POST", "/jobs") => Some(if role == "researcher" { 400 } else { 403 }),
+        ("GET", "/jobs/{id}") => Some(if matches!(role, "researcher" | "auditor" | "operator") {
+            404
+        } else {
+            403
+        }),
+        ("GET", "/models") => Some(if governance { 200 } else { 403 }),
         _ => None,
     }
 }

@@ -101,6 +101,10 @@ pub struct Submission {
     /// The change (policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<PolicyChange>,
+    /// The outputs a service request's jobs may release (kinds the compute enclave
+    /// knows: `counts`, `auc`, `sensitivity`, ...); nothing else leaves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
 }
 
 fn printable(field: &str, s: &str, max: usize, required: bool) -> Result<(), String> {
@@ -162,6 +166,18 @@ impl Submission {
                 }
                 if !(1..=3650).contains(&self.days) {
                     return Err("days must be between 1 and 3650".into());
+                }
+                if self.kind != Kind::Service && !self.outputs.is_empty() {
+                    return Err("only a service request lists outputs".into());
+                }
+                if self.outputs.len() > 16
+                    || self.outputs.iter().any(|o| {
+                        o.is_empty()
+                            || o.len() > 32
+                            || !o.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+                {
+                    return Err("outputs must be up to 16 names of a-z and '_'".into());
                 }
                 match (self.kind, &self.model) {
                     (Kind::Service, None) => {

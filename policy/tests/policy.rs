@@ -44,6 +44,7 @@ fn data_request(sites: &[&str], purpose: &str, days: u32) -> Submission {
         model: None,
         justification: "csPCa detection, external validation".into(),
         change: None,
+        outputs: vec![],
     }
 }
 

@@ -99,7 +99,9 @@ fn dims(ds: &[Element<'_>], big: bool) -> Result<(usize, usize), ImageError> {
     let rows = num(ds, 0x0028, 0x0010, big).unwrap_or(0.0) as usize;
     let cols = num(ds, 0x0028, 0x0011, big).unwrap_or(0.0) as usize;
     if rows == 0 || cols == 0 || rows > 4096 || cols > 4096 {
-        return Err(ImageError::Unsupported("rows and columns must be 1 to 4096"));
+        return Err(ImageError::Unsupported(
+            "rows and columns must be 1 to 4096",
+        ));
     }
     Ok((rows, cols))
 }
@@ -152,7 +154,9 @@ pub fn slice(bytes: &[u8]) -> Result<Slice, ImageError> {
             nth(ds, 0x0028, 0x0030, 0).unwrap_or(1.0),
             nth(ds, 0x0028, 0x0030, 1).unwrap_or(1.0),
         ],
-        sop_uid: dicom::text(ds, Tag(0x0008, 0x0018)).unwrap_or("").to_string(),
+        sop_uid: dicom::text(ds, Tag(0x0008, 0x0018))
+            .unwrap_or("")
+            .to_string(),
     })
 }
 
@@ -166,13 +170,17 @@ pub fn segmentation(bytes: &[u8]) -> Result<Segmentation, ImageError> {
     let ds = &file.dataset;
     let (rows, cols) = dims(ds, false)?;
     if num(ds, 0x0028, 0x0100, false) != Some(1.0) {
-        return Err(ImageError::Unsupported("only BINARY segmentations (1 bit) are read"));
+        return Err(ImageError::Unsupported(
+            "only BINARY segmentations (1 bit) are read",
+        ));
     }
     let frames = num(ds, 0x0028, 0x0008, false).unwrap_or(1.0) as usize;
     let px = pixel_bytes(ds)?;
     let n = rows * cols;
     if frames == 0 || px.len() < (frames * n).div_ceil(8) {
-        return Err(ImageError::Unsupported("pixel data shorter than its frames"));
+        return Err(ImageError::Unsupported(
+            "pixel data shorter than its frames",
+        ));
     }
     // Segment number -> gland / lesion, by code.
     let mut kinds = std::collections::BTreeMap::new();
@@ -187,12 +195,13 @@ pub fn segmentation(bytes: &[u8]) -> Result<Segmentation, ImageError> {
             kinds.insert(number, kind.first().cloned().unwrap_or_default());
         }
     }
-    let Some(Value::Seq(per_frame)) = dicom::find(ds, Tag(0x5200, 0x9230)).map(|e| &e.value)
-    else {
+    let Some(Value::Seq(per_frame)) = dicom::find(ds, Tag(0x5200, 0x9230)).map(|e| &e.value) else {
         return Err(ImageError::Unsupported("no per-frame functional groups"));
     };
     if per_frame.len() != frames {
-        return Err(ImageError::Unsupported("one functional group per frame expected"));
+        return Err(ImageError::Unsupported(
+            "one functional group per frame expected",
+        ));
     }
     let mut out = Vec::with_capacity(frames);
     for (f, group) in per_frame.iter().enumerate() {

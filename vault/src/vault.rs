@@ -572,6 +572,22 @@ impl Vault {
         Ok(dek.open(object_id, &blob)?)
     }
 
+    /// Decrypts one patient's clinical records (the pseudonymized fields kept).
+    pub async fn read_clinical(
+        &self,
+        pseudonym: &str,
+    ) -> Result<Vec<clinical::Record>, VaultError> {
+        let mut out = Vec::new();
+        for (object_id, p, _) in self.catalog.clinical(Some(pseudonym)).await? {
+            let bytes = self.open_blob(&p, &object_id).await?;
+            out.push(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| VaultError::Internal(format!("clinical record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Decrypts one stored instance.
     pub async fn read_instance(&self, row: &InstanceRow) -> Result<Vec<u8>, VaultError> {
         self.open_blob(&row.pseudonym, &row.object_id).await
