@@ -38,6 +38,10 @@ pub struct SubmissionArgs {
     /// Free-text justification for the board.
     #[arg(long, default_value = "")]
     pub justification: String,
+    /// What a service request's jobs may release (comma-separated: counts, auc,
+    /// sensitivity, specificity, calibration, dice, hausdorff, per_patient, weights).
+    #[arg(long, value_delimiter = ',')]
+    pub outputs: Vec<String>,
     /// Project [default: prostatenet].
     #[arg(long)]
     pub project: Option<String>,
@@ -63,6 +67,16 @@ impl SubmissionArgs {
         });
         if let Some(p) = &self.project {
             b["project"] = json!(p);
+        }
+        for o in &self.outputs {
+            anyhow::ensure!(
+                compute::release::KINDS.contains(&o.as_str()),
+                "--outputs: {o:?} is not an output kind; use {}",
+                compute::release::KINDS.join(", ")
+            );
+        }
+        if !self.outputs.is_empty() {
+            b["outputs"] = json!(self.outputs);
         }
         if let Some(f) = &self.cohort {
             let text = std::fs::read_to_string(f)
