@@ -642,6 +642,7 @@ async fn policy_changes_need_the_board_and_reach_every_replica_at_once() {
                 }),
                 ..Default::default()
             }),
+            outputs: vec![],
         };
         let r = store.submit(&op, change, None).await.unwrap();
         let e = store
@@ -968,6 +969,7 @@ fn policy_change(change: PolicyChange) -> Submission {
         model: None,
         justification: "model review".into(),
         change: Some(change),
+        outputs: vec![],
     }
 }
 
