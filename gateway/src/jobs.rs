@@ -203,7 +203,7 @@ impl Jobs {
 
 /// Starts `n` runners.
 pub fn start_runners(st: AppState, n: usize) {
-    for _ in 0..n.max(1) {
+    for _ in 0..n {
         let st = st.clone();
         tokio::spawn(async move {
             loop {
@@ -293,6 +293,8 @@ struct Prepared {
     vendor: String,
     site: String,
     instances: Vec<String>,
+    /// Segmenters: the reference lesion mask on the input series' grid.
+    reference: Option<compute::metrics::Mask>,
 }
 
 /// Runs one job; (status, the released document) or the reason it failed.
@@ -335,11 +337,6 @@ async fn run(
             .ok_or("the model is not in the registry")?;
         serde_json::from_str(&row.get::<String, _>(0)).map_err(|_| "the model card is damaged")?
     };
-    if card.task != Task::Classifier {
-        return Err(
-            "this gateway runs classifiers only so far; segmenter jobs are not run yet".into(),
-        );
-    }
     let cases = prepare(st, &req, &card).await?;
     let rules = compute::release::Rules::default();
     if (cases.len() as u64) < rules.threshold {
@@ -376,28 +373,48 @@ async fn run(
     if results.cases.len() != cases.len() {
         return Err("the worker's output was malformed".into());
     }
-    // Metrics per stratum, on the cases with a label.
-    let mut strata: BTreeMap<String, BTreeMap<String, Vec<(f64, bool)>>> = BTreeMap::new();
+    // Metrics per stratum: classifiers on the cases with a label, segmenters on the
+    // cases with a reference segmentation.
+    let mut scored: BTreeMap<String, BTreeMap<String, Vec<(f64, bool)>>> = BTreeMap::new();
+    let mut overlap: BTreeMap<String, BTreeMap<String, Vec<Overlap>>> = BTreeMap::new();
+    let g = card.geometry().map_err(|e| e.to_string())?;
     for (p, r) in cases.iter().zip(&results.cases) {
-        let (Some(label), Some(score)) = (p.label, r.score) else {
-            continue;
-        };
-        for (b, name) in [
+        let strata = [
             ("all", "all"),
             ("vendor", p.vendor.as_str()),
             ("site", p.site.as_str()),
-        ] {
-            strata
-                .entry(b.into())
-                .or_default()
-                .entry(name.into())
-                .or_default()
-                .push((f64::from(score), label));
+        ];
+        if let (Some(label), Some(score)) = (p.label, r.score) {
+            for (b, name) in strata {
+                scored
+                    .entry(b.into())
+                    .or_default()
+                    .entry(name.into())
+                    .or_default()
+                    .push((f64::from(score), label));
+            }
+        }
+        if let (Some(reference), Some(bits)) = (&p.reference, &r.mask) {
+            let [d, _, _] = reference.shape;
+            let small = compute::protocol::unpack(bits, d * g.rows * g.cols)
+                .ok_or("the worker's output was malformed")?;
+            let predicted = upsample(&small, g.rows, g.cols, reference);
+            let o = Overlap {
+                dice: compute::metrics::dice(&predicted, reference),
+                hausdorff: compute::metrics::hausdorff(&predicted, reference),
+            };
+            for (b, name) in strata {
+                overlap
+                    .entry(b.into())
+                    .or_default()
+                    .entry(name.into())
+                    .or_default()
+                    .push(o.clone());
+            }
         }
     }
-    let raw = compute::release::Raw {
-        cohort_patients: cases.len() as u64,
-        strata: strata
+    let strata = match card.task {
+        Task::Classifier => scored
             .into_iter()
             .map(|(b, m)| {
                 (
@@ -408,6 +425,21 @@ async fn run(
                 )
             })
             .collect(),
+        Task::Segmenter => overlap
+            .into_iter()
+            .map(|(b, m)| {
+                (
+                    b,
+                    m.into_iter()
+                        .map(|(n, v)| (n, overlap_stratum(&v)))
+                        .collect(),
+                )
+            })
+            .collect(),
+    };
+    let raw = compute::release::Raw {
+        cohort_patients: cases.len() as u64,
+        strata,
         per_patient: Vec::new(),
         weights: None,
     };
@@ -467,6 +499,66 @@ async fn run(
         }
     }
     Ok((status, result))
+}
+
+/// A segmenter's overlap with the reference on one case.
+#[derive(Clone)]
+struct Overlap {
+    dice: Option<f64>,
+    hausdorff: Option<(f64, f64)>,
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (n, sum) = v.fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Mean Dice, mean Hausdorff and mean HD95 (mm) over the cases where each is defined.
+fn overlap_stratum(v: &[Overlap]) -> compute::release::Stratum {
+    let mut m = BTreeMap::new();
+    for (k, val) in [
+        ("dice", mean(v.iter().filter_map(|o| o.dice))),
+        (
+            "hausdorff",
+            mean(v.iter().filter_map(|o| o.hausdorff.map(|h| h.0))),
+        ),
+        (
+            "hd95",
+            mean(v.iter().filter_map(|o| o.hausdorff.map(|h| h.1))),
+        ),
+    ] {
+        if let Some(val) = val {
+            m.insert(k.to_string(), val);
+        }
+    }
+    compute::release::Stratum {
+        patients: v.len() as u64,
+        metrics: m,
+        ..Default::default()
+    }
+}
+
+/// A model-resolution mask (slices x rows x cols) on the reference's grid (nearest).
+fn upsample(
+    small: &[bool],
+    rows: usize,
+    cols: usize,
+    reference: &compute::metrics::Mask,
+) -> compute::metrics::Mask {
+    let [d, h, w] = reference.shape;
+    let mut on = Vec::with_capacity(d * h * w);
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                on.push(small[(z * rows + y * rows / h) * cols + x * cols / w]);
+            }
+        }
+    }
+    compute::metrics::Mask {
+        shape: reference.shape,
+        spacing: reference.spacing,
+        on,
+    }
 }
 
 fn stratum(v: &[(f64, bool)], threshold: f64) -> compute::release::Stratum {
@@ -551,6 +643,16 @@ async fn prepare(
         }) else {
             continue;
         };
+        let seg_series = by_study.get(study.uid.as_str()).and_then(|rows| {
+            rows.iter().find(|r| {
+                crate::catalogue::classify_row(r) == Sequence::SEG
+                    && r.acquisition.segments.iter().any(|s| s == "lesion")
+            })
+        });
+        // A segmenter is evaluated where a reference segmentation exists.
+        if card.task == Task::Segmenter && seg_series.is_none() {
+            continue;
+        }
         let rows = catalog
             .instances(Some(&p.pseudonym))
             .await
@@ -579,6 +681,44 @@ async fn prepare(
             continue;
         }
         slices.sort_by(|a, b| a.position.total_cmp(&b.position));
+        let reference = match seg_series {
+            Some(seg) if card.task == Task::Segmenter => {
+                let mut frames = Vec::new();
+                for r in rows.iter().filter(|r| r.series_uid == seg.series_uid) {
+                    let bytes = st
+                        .vault
+                        .read_instance(r)
+                        .await
+                        .map_err(|_| "an instance could not be decrypted")?;
+                    if let Ok(s) = vault::image::segmentation(&bytes) {
+                        frames.extend(s.frames.into_iter().filter(|f| f.segment == "lesion"));
+                    }
+                }
+                let (h, w) = (slices[0].rows, slices[0].cols);
+                let mut on = vec![false; slices.len() * h * w];
+                for f in &frames {
+                    if let Some(k) = slices.iter().position(|s| s.sop_uid == f.source_uid) {
+                        if f.on.len() == h * w && slices[k].rows == h && slices[k].cols == w {
+                            for (i, v) in f.on.iter().enumerate() {
+                                on[k * h * w + i] |= *v;
+                            }
+                        }
+                    }
+                }
+                let thickness = if slices.len() > 1 {
+                    (slices[slices.len() - 1].position - slices[0].position).abs()
+                        / (slices.len() - 1) as f64
+                } else {
+                    1.0
+                };
+                Some(compute::metrics::Mask {
+                    shape: [slices.len(), h, w],
+                    spacing: [thickness, slices[0].spacing[0], slices[0].spacing[1]],
+                    on,
+                })
+            }
+            _ => None,
+        };
         let mut values = Vec::with_capacity(slices.len() * g.rows * g.cols);
         for s in &slices {
             values.extend(resample(s, g.rows, g.cols, input.scale));
@@ -607,6 +747,7 @@ async fn prepare(
             vendor: study.vendor.as_str().to_string(),
             site: p.site.clone(),
             instances: uids,
+            reference,
         });
     }
     Ok(out)

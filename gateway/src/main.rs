@@ -790,7 +790,13 @@ async fn run(cli: Cli) -> Result<()> {
                 audit,
                 policy,
             };
-            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // Concurrent jobs: HBS_JOB_WORKERS, default one per core (0: queue only).
+            let workers = match std::env::var("HBS_JOB_WORKERS") {
+                Ok(v) => v
+                    .parse::<usize>()
+                    .context("HBS_JOB_WORKERS must be a number of workers")?,
+                Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
             jobs::start_runners(state.clone(), workers);
             server::serve(state, cfg.data_dir.clone(), listen).await
         }

@@ -44,7 +44,7 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
             "--slices",
             "9",
             "--patients",
-            "40",
+            "80",
             "--out",
         ])
         .arg(&corpus)
@@ -74,11 +74,13 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
     let grades: Vec<u32> = lines
         .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(grades.len(), 40);
+    assert_eq!(grades.len(), 80);
     let positives = grades.iter().filter(|g| **g >= 2).count();
-    assert!(positives >= 10 && 40 - positives >= 10, "{positives}");
+    assert!(positives >= 10 && 80 - positives >= 10, "{positives}");
 
-    let s = start(&data);
+    // First a gateway that only queues (no workers): the job waits, and survives a
+    // restart.
+    let s = start_env(&data, &[], &[("HBS_JOB_WORKERS", "0")]);
     let dev = data.join("dev-certs");
     let (researcher, board1) = (dev.join("researcher"), dev.join("ethics-board"));
     let board2 = d.path().join("board2");
@@ -137,14 +139,12 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
         &["job", "submit", "--request", &request, "--json"],
     ));
     let job = v["job"].as_str().unwrap().to_string();
-    let mut shown = serde_json::Value::Null;
-    for _ in 0..600 {
-        shown = ok_json(&hbs_as(&s, &researcher, &["job", "show", &job, "--json"]));
-        if !matches!(shown["status"].as_str(), Some("queued" | "running")) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let shown = ok_json(&hbs_as(&s, &researcher, &["job", "show", &job, "--json"]));
+    assert_eq!(shown["status"], "queued", "{shown}");
+    drop(s);
+    let s = start(&data);
+    let shown = finished(&s, &researcher, &job);
     assert_eq!(shown["status"], "succeeded", "{shown}");
     let doc = &shown["result"]["document"];
     assert_eq!(doc["model"]["sha256"], sha.as_str());
@@ -155,7 +155,7 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
     assert_eq!(all["auc"], 1.0, "{doc}");
     assert_eq!(all["sensitivity"], 1.0, "{doc}");
     assert_eq!(all["specificity"], 1.0, "{doc}");
-    assert_eq!(all["patients"], 40);
+    assert_eq!(all["patients"], 80);
     let round5 = |n: usize| (n + 2) / 5 * 5;
     assert_eq!(all["positives"], round5(positives) as u64, "{doc}");
     // Per vendor, about 13 patients each: too few positives or negatives somewhere,
@@ -182,8 +182,106 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
         &["job", "show", &job, "--json"],
     ));
     assert_eq!(v["status"], "succeeded");
+
+    // The segmenters, 2D and 3D, against the reference segmentations: the mean Dice
+    // the enclave releases is the one onnxruntime gives on the original files.
+    for (name, kind) in [("lesion-unet-2d", "2d"), ("lesion-unet-3d", "3d")] {
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../compute/models/{name}.onnx"));
+        let request = approved_service_request(
+            &s,
+            d.path(),
+            &[&researcher, &board1, &board2],
+            &model,
+            "counts,dice,hausdorff",
+        );
+        let v = ok_json(&hbs_as(
+            &s,
+            &researcher,
+            &["job", "submit", "--request", &request, "--json"],
+        ));
+        let shown = finished(&s, &researcher, v["job"].as_str().unwrap());
+        assert_eq!(shown["status"], "succeeded", "{shown}");
+        let all = &shown["result"]["document"]["outputs"]["strata"]["all"]["all"];
+        let Some(py) = python() else { continue };
+        let o = Command::new(py)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/seg_reference.py"))
+            .arg(&corpus)
+            .arg(&model)
+            .arg(kind)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let reference: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(reference["n"].as_u64().unwrap() >= 10, "{reference}");
+        assert_eq!(
+            all["patients"],
+            round5(reference["n"].as_u64().unwrap() as usize) as u64
+        );
+        let (ours, theirs) = (
+            all["dice"].as_f64().unwrap(),
+            reference["dice"].as_f64().unwrap(),
+        );
+        assert!(
+            (ours - theirs).abs() < 0.005,
+            "enclave {ours}, onnxruntime {theirs}"
+        );
+        assert!(all["hausdorff"].as_f64().unwrap() >= all["hd95"].as_f64().unwrap());
+    }
     // The gateway kept serving throughout.
     assert_eq!(curl(&s, "/healthz", Some(&researcher)).0, Some(200));
+}
+
+/// Submits a service request for `model` over the whole catalogue, approved by the two
+/// board members; returns its ID.
+fn approved_service_request(
+    s: &Server,
+    dir: &Path,
+    who: &[&Path; 3],
+    model: &Path,
+    outputs: &str,
+) -> String {
+    let cohort = dir.join("cohort.json");
+    std::fs::write(&cohort, "{}").unwrap();
+    let o = hbs_as(
+        s,
+        who[0],
+        &[
+            "request",
+            "submit",
+            "--kind",
+            "service",
+            "--cohort",
+            cohort.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--purpose",
+            "lesion-segmentation-validation",
+            "--days",
+            "30",
+            "--outputs",
+            outputs,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let request = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    for b in &who[1..] {
+        ok_json(&hbs_as(s, b, &["review", "approve", &request, "--json"]));
+    }
+    request
+}
+
+/// Polls a job until it is neither queued nor running.
+fn finished(s: &Server, who: &Path, job: &str) -> serde_json::Value {
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..900 {
+        shown = ok_json(&hbs_as(s, who, &["job", "show", job, "--json"]));
+        if !matches!(shown["status"].as_str(), Some("queued" | "running")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    shown
 }
 
 fn sha256_file(p: &Path) -> String {

@@ -88,9 +88,9 @@ def unet_nodes(dims: int):
     The skip connection meets the decoder in a product (dark inside bright: the
     lesion), then a logistic unit gives the per-pixel probability.
     """
-    k3 = [1] * (dims - 2) + [3, 3]
-    k4 = [1] * (dims - 2) + [4, 4]
-    pad1 = ([0] * (dims - 2) + [1, 1]) * 2
+    k3 = [1] * (dims - 4) + [3, 3]
+    k4 = [1] * (dims - 4) + [4, 4]
+    pad1 = ([0] * (dims - 4) + [1, 1]) * 2
     shape_w = lambda k: [1, 1] + k
     return [
         helper.make_node("AveragePool", ["t2"], ["fine"], kernel_shape=k3, pads=pad1,

@@ -26,10 +26,16 @@ pub fn start(data: &Path) -> Server {
 
 /// `hbs serve` on `data` at a free port, with more arguments.
 pub fn start_with(data: &Path, args: &[&str]) -> Server {
+    start_env(data, args, &[])
+}
+
+/// `hbs serve` on `data` at a free port, with more arguments and environment variables.
+pub fn start_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hbs"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("HBS_DATABASE_URL")
         .env_remove("HBS_SIGNED_ONLY_SITES")
         .stdout(Stdio::piped())
