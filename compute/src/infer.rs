@@ -154,6 +154,7 @@ impl Model {
                     score: Some(score),
                     features,
                     mask: None,
+                    tuned: None,
                 })
             }
             Task::Segmenter => {
@@ -167,6 +168,7 @@ impl Model {
                     score: None,
                     features: Vec::new(),
                     mask: Some(pack(&on)),
+                    tuned: None,
                 })
             }
         }

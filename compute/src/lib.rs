@@ -29,6 +29,7 @@
 #![deny(unsafe_code)]
 
 pub mod card;
+pub mod head;
 pub mod infer;
 pub mod metrics;
 pub mod protocol;

@@ -28,6 +28,10 @@ const MAX_VALUES: usize = 64 * 512 * 512;
 pub enum Action {
     /// Run the model; return each case's score (and features) or mask.
     Infer,
+    /// Transfer learning: run the (classifier) model as a frozen backbone, fit a head
+    /// ([`crate::head`]) on the features of the cases that carry a label (the
+    /// fine-tuning split), and score every case with it too.
+    FineTune,
 }
 
 /// The job as the worker sees it.
@@ -81,6 +85,9 @@ pub struct CaseResult {
     /// Segmenter: the mask at the card's threshold, bits packed (LSB first), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
+    /// Fine-tuning: the probability the new head gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<f32>,
 }
 
 /// What the worker returns.
@@ -88,6 +95,9 @@ pub struct CaseResult {
 pub struct Results {
     /// One per case, in order.
     pub cases: Vec<CaseResult>,
+    /// Fine-tuning: the fitted head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<crate::head::Head>,
 }
 
 /// Errors reading a frame.

@@ -17,6 +17,9 @@ use crate::sandbox::{
     confine, Confinement, Limits, EXIT_BAD_JOB, EXIT_MODEL_FAILED, EXIT_NO_SANDBOX,
 };
 
+/// Ridge penalty of a fine-tuned head's weights.
+const RIDGE: f64 = 1e-2;
+
 /// Runs the worker with its arguments (after `enclave-worker`); returns the exit code.
 pub fn main(args: &[String]) -> i32 {
     let mut limits = Limits::default();
@@ -61,6 +64,7 @@ pub fn main(args: &[String]) -> i32 {
     };
     let mut results = Results {
         cases: Vec::with_capacity(job.cases.len()),
+        head: None,
     };
     for case in &job.cases {
         match model.run(case) {
@@ -68,6 +72,24 @@ pub fn main(args: &[String]) -> i32 {
             Err(crate::infer::InferError::Input(_)) => return EXIT_BAD_JOB,
             Err(_) => return EXIT_MODEL_FAILED,
         }
+    }
+    if job.spec.action == crate::protocol::Action::FineTune {
+        if job.spec.card.task != crate::card::Task::Classifier {
+            return EXIT_BAD_JOB;
+        }
+        let (x, y): (Vec<Vec<f32>>, Vec<bool>) = job
+            .cases
+            .iter()
+            .zip(&results.cases)
+            .filter_map(|(c, r)| Some((r.features.clone(), c.label?)))
+            .unzip();
+        let Some(head) = crate::head::fit(&x, &y, RIDGE) else {
+            return EXIT_BAD_JOB;
+        };
+        for r in &mut results.cases {
+            r.tuned = Some(head.predict(&r.features) as f32);
+        }
+        results.head = Some(head);
     }
     let Ok(out) = serde_json::to_vec(&results) else {
         return EXIT_MODEL_FAILED;

@@ -42,6 +42,9 @@ pub struct SubmissionArgs {
     /// sensitivity, specificity, calibration, dice, hausdorff, per_patient, weights).
     #[arg(long, value_delimiter = ',')]
     pub outputs: Vec<String>,
+    /// What a service request's jobs do.
+    #[arg(long, value_parser = ["inference", "evaluation", "fine-tuning"])]
+    pub action: Option<String>,
     /// Project [default: prostatenet].
     #[arg(long)]
     pub project: Option<String>,
@@ -77,6 +80,9 @@ impl SubmissionArgs {
         }
         if !self.outputs.is_empty() {
             b["outputs"] = json!(self.outputs);
+        }
+        if let Some(a) = &self.action {
+            b["action"] = json!(a);
         }
         if let Some(f) = &self.cohort {
             let text = std::fs::read_to_string(f)

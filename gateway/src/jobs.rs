@@ -133,6 +133,57 @@ impl Jobs {
         Ok(sha)
     }
 
+    /// Registers a fine-tuned head (kept in the data folder, usable in the enclave).
+    async fn register_head(
+        &self,
+        sha: &str,
+        base: &Card,
+        head: &[u8],
+        lineage: Value,
+        evaluation: &Value,
+    ) -> Result<()> {
+        vault::store::atomic_write(&self.models.join(format!("{sha}.head.json")), head)?;
+        let mut card = base.clone();
+        card.name = format!("{}+head", base.name);
+        sqlx::query(
+            "INSERT INTO models (sha256, name, version, scenario, card, lineage, evaluations, created)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha)
+        .bind(&card.name)
+        .bind(&card.version)
+        .bind(&card.scenario)
+        .bind(serde_json::to_string(&card)?)
+        .bind(lineage.to_string())
+        .bind(json!([evaluation]).to_string())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends a released evaluation to a model's record.
+    async fn add_evaluation(&self, sha: &str, evaluation: Value) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query("SELECT evaluations FROM models WHERE sha256 = $1")
+            .bind(sha)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(());
+        };
+        let mut list: Vec<Value> =
+            serde_json::from_str(&row.get::<String, _>(0)).unwrap_or_default();
+        list.push(evaluation);
+        sqlx::query("UPDATE models SET evaluations = $1 WHERE sha256 = $2")
+            .bind(serde_json::to_string(&list)?)
+            .bind(sha)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The registry.
     pub async fn models(&self) -> Result<Vec<Value>> {
         let rows = sqlx::query(
@@ -295,6 +346,8 @@ struct Prepared {
     instances: Vec<String>,
     /// Segmenters: the reference lesion mask on the input series' grid.
     reference: Option<compute::metrics::Mask>,
+    /// The patient's split (prospective patients).
+    split: Option<catalogue::split::Split>,
 }
 
 /// Runs one job; (status, the released document) or the reason it failed.
@@ -337,8 +390,41 @@ async fn run(
             .ok_or("the model is not in the registry")?;
         serde_json::from_str(&row.get::<String, _>(0)).map_err(|_| "the model card is damaged")?
     };
-    let cases = prepare(st, &req, &card).await?;
+    let mut cases = prepare(st, &req, &card).await?;
     let rules = compute::release::Rules::default();
+    let action = req.submission.action.as_deref().unwrap_or("evaluation");
+    // Fine-tuning: the head learns on the fine-tuning split of one vendor (or site),
+    // and is judged, beside the base model, on the external-validation split only.
+    let mut training = 0u64;
+    if action == "fine-tuning" {
+        if card.task != Task::Classifier {
+            return Err(
+                "fine-tuning trains a head on a classifier's features; this model is a segmenter"
+                    .into(),
+            );
+        }
+        let on = |p: &Prepared| match (
+            params.get("vendor").and_then(Value::as_str),
+            params.get("site").and_then(Value::as_str),
+        ) {
+            (Some(v), _) => p.vendor == v,
+            (None, Some(s)) => p.site == s,
+            (None, None) => true,
+        };
+        cases.retain(|p| p.split.is_some());
+        for p in &mut cases {
+            if p.split == Some(catalogue::split::Split::FineTuning) && on(p) {
+                p.case.label = p.label;
+                training += u64::from(p.label.is_some());
+            }
+        }
+        if training < rules.threshold {
+            return Ok((
+                "blocked",
+                json!({"blocked": [{"what": "everything", "rule": format!("fewer than {} labelled patients of the fine-tuning split to train on (prospective patients only)", rules.threshold)}]}),
+            ));
+        }
+    }
     if (cases.len() as u64) < rules.threshold {
         return Ok((
             "blocked",
@@ -351,7 +437,11 @@ async fn run(
         .unwrap_or(0.5);
     let job = Job {
         spec: JobSpec {
-            action: Action::Infer,
+            action: if action == "fine-tuning" {
+                Action::FineTune
+            } else {
+                Action::Infer
+            },
             card: card.clone(),
             model_sha256: model.sha256.clone(),
             threads: 1,
@@ -384,14 +474,28 @@ async fn run(
             ("vendor", p.vendor.as_str()),
             ("site", p.site.as_str()),
         ];
+        let validation = p.split == Some(catalogue::split::Split::ExternalValidation);
         if let (Some(label), Some(score)) = (p.label, r.score) {
-            for (b, name) in strata {
-                scored
-                    .entry(b.into())
-                    .or_default()
-                    .entry(name.into())
-                    .or_default()
-                    .push((f64::from(score), label));
+            if action != "fine-tuning" || validation {
+                let base = if action == "fine-tuning" { "base/" } else { "" };
+                for (b, name) in strata {
+                    scored
+                        .entry(format!("{base}{b}"))
+                        .or_default()
+                        .entry(name.into())
+                        .or_default()
+                        .push((f64::from(score), label));
+                }
+            }
+            if let (Some(tuned), true) = (r.tuned, validation) {
+                for (b, name) in strata {
+                    scored
+                        .entry(b.into())
+                        .or_default()
+                        .entry(name.into())
+                        .or_default()
+                        .push((f64::from(tuned), label));
+                }
             }
         }
         if let (Some(reference), Some(bits)) = (&p.reference, &r.mask) {
@@ -440,8 +544,19 @@ async fn run(
     let raw = compute::release::Raw {
         cohort_patients: cases.len() as u64,
         strata,
-        per_patient: Vec::new(),
-        weights: None,
+        per_patient: if action == "inference" {
+            results
+                .cases
+                .iter()
+                .filter_map(|r| Some((r.id, f64::from(r.score?))))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        weights: results.head.as_ref().map(|h| compute::release::Weights {
+            values: h.parameters(),
+            training_patients: training,
+        }),
     };
     let approved = compute::release::Approved {
         outputs: req.submission.outputs.clone(),
@@ -477,6 +592,30 @@ async fn run(
         "signature": base64::engine::general_purpose::STANDARD.encode(sig),
         "signed": "ECDSA over SHA-256 of the document's compact JSON, by the gateway's TLS key",
     });
+    // The registry keeps what was learnt and how the model fared.
+    if let Some(head) = &results.head {
+        let text = serde_json::to_vec(head).map_err(|_| "the head could not be written")?;
+        let sha = crate::dicomweb::sha256_hex(&text);
+        let target = params
+            .get("vendor")
+            .or(params.get("site"))
+            .cloned()
+            .unwrap_or(json!("all"));
+        let lineage = json!({
+            "base": model.sha256, "fine_tuned_from": model.sha256, "request": request, "job": id,
+            "cohort": req.submission.cohort, "split": "fine-tuning", "on": target,
+            "training_patients": (training + 2) / 5 * 5,
+            "release": "weights stay in the enclave unless disclosure control and the board release them",
+        });
+        st.jobs
+            .register_head(&sha, &card, &text, lineage, &released.outputs)
+            .await
+            .map_err(|_| "the fine-tuned model could not be registered")?;
+    }
+    st.jobs
+        .add_evaluation(&model.sha256, json!({"job": id, "action": action, "cohort_snapshot": snapshot, "outputs": released.outputs}))
+        .await
+        .map_err(|_| "the registry could not be updated")?;
     let status = if released.outputs.as_object().is_some_and(|o| o.is_empty()) {
         "blocked"
     } else {
@@ -748,6 +887,7 @@ async fn prepare(
             site: p.site.clone(),
             instances: uids,
             reference,
+            split: p.split,
         });
     }
     Ok(out)

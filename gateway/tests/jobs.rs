@@ -230,6 +230,94 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
     }
     // The gateway kept serving throughout.
     assert_eq!(curl(&s, "/healthz", Some(&researcher)).0, Some(200));
+
+    // Transfer learning: with every patient prospective (a cut-off in the past), a head
+    // is trained on the Siemens patients of the fine-tuning split and judged, beside
+    // the base model, on the external-validation split.
+    drop(s);
+    let cfg = d.path().join("hbs.toml");
+    std::fs::write(&cfg, "[catalogue]\ncutoff = \"2000-01-01\"\n").unwrap();
+    let s = start_with(&data, &["--config", cfg.to_str().unwrap()]);
+    let cohort = d.path().join("cohort.json");
+    let o = hbs_as(
+        &s,
+        &researcher,
+        &[
+            "request",
+            "submit",
+            "--kind",
+            "service",
+            "--action",
+            "fine-tuning",
+            "--cohort",
+            cohort.to_str().unwrap(),
+            "--model",
+            model_file.to_str().unwrap(),
+            "--purpose",
+            "siemens-specific-csPCa-model",
+            "--days",
+            "30",
+            "--outputs",
+            "counts,auc,sensitivity,specificity,weights",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let request = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    for b in [&board1, &board2] {
+        ok_json(&hbs_as(&s, b, &["review", "approve", &request, "--json"]));
+    }
+    let params = d.path().join("params.json");
+    std::fs::write(&params, r#"{"vendor": "siemens"}"#).unwrap();
+    let v = ok_json(&hbs_as(
+        &s,
+        &researcher,
+        &[
+            "job",
+            "submit",
+            "--request",
+            &request,
+            "--params",
+            params.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let shown = finished(&s, &researcher, v["job"].as_str().unwrap());
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    let doc = &shown["result"]["document"];
+    let strata = &doc["outputs"]["strata"];
+    // The validation split only (about a fifth of 80), for the new head and the base.
+    let validated = strata["all"]["all"]["patients"].as_u64().unwrap();
+    assert!(
+        (10..=30).contains(&validated) && validated % 5 == 0,
+        "{doc}"
+    );
+    assert_eq!(strata["base/all"]["all"]["patients"], validated);
+    // The weights stay in the enclave until the board releases them.
+    assert!(
+        doc["blocked"].as_array().unwrap().iter().any(|b| b["what"] == "weights"
+            && b["rule"].as_str().unwrap().contains("ethics board")),
+        "{doc}"
+    );
+    assert!(doc["outputs"].get("weights").is_none());
+    // The registry has the new model, its lineage, and its evaluation.
+    let models = ok_json(&hbs_as(&s, &researcher, &["models", "--json"]));
+    let tuned = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "cspca-dwi-classifier+head")
+        .unwrap_or_else(|| panic!("{models}"));
+    assert_eq!(tuned["lineage"]["base"], sha.as_str());
+    assert_eq!(tuned["lineage"]["on"], "siemens");
+    assert_eq!(tuned["lineage"]["split"], "fine-tuning");
+    assert_eq!(tuned["evaluations"].as_array().unwrap().len(), 1);
+    let base = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["sha256"] == sha.as_str())
+        .unwrap();
+    assert_eq!(base["evaluations"].as_array().unwrap().len(), 2, "{base}");
 }
 
 /// Submits a service request for `model` over the whole catalogue, approved by the two

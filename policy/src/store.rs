@@ -105,6 +105,10 @@ pub struct Submission {
     /// knows: `counts`, `auc`, `sensitivity`, ...); nothing else leaves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<String>,
+    /// What a service request's jobs do: `inference`, `evaluation` (the default) or
+    /// `fine-tuning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 fn printable(field: &str, s: &str, max: usize, required: bool) -> Result<(), String> {
@@ -167,8 +171,14 @@ impl Submission {
                 if !(1..=3650).contains(&self.days) {
                     return Err("days must be between 1 and 3650".into());
                 }
-                if self.kind != Kind::Service && !self.outputs.is_empty() {
-                    return Err("only a service request lists outputs".into());
+                if self.kind != Kind::Service && (!self.outputs.is_empty() || self.action.is_some())
+                {
+                    return Err("only a service request lists outputs and an action".into());
+                }
+                if let Some(a) = &self.action {
+                    if !matches!(a.as_str(), "inference" | "evaluation" | "fine-tuning") {
+                        return Err("action must be inference, evaluation or fine-tuning".into());
+                    }
                 }
                 if self.outputs.len() > 16
                     || self.outputs.iter().any(|o| {

@@ -45,6 +45,7 @@ fn data_request(sites: &[&str], purpose: &str, days: u32) -> Submission {
         justification: "csPCa detection, external validation".into(),
         change: None,
         outputs: vec![],
+        action: None,
     }
 }
 
@@ -643,6 +644,7 @@ async fn policy_changes_need_the_board_and_reach_every_replica_at_once() {
                 ..Default::default()
             }),
             outputs: vec![],
+            action: None,
         };
         let r = store.submit(&op, change, None).await.unwrap();
         let e = store
@@ -970,6 +972,7 @@ fn policy_change(change: PolicyChange) -> Submission {
         justification: "model review".into(),
         change: Some(change),
         outputs: vec![],
+        action: None,
     }
 }
 
