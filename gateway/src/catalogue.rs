@@ -328,15 +328,20 @@ pub async fn count_cmd(c: &ClientArgs, cohort: Option<&Path>, by: &[String]) -> 
 }
 
 impl Catalogue {
-    /// The repository's indicators now (no model registry yet: issue 7 adds it).
-    pub async fn kpis(&self, catalog: &vault::catalog::Catalog) -> Result<Kpis> {
+    /// The repository's indicators now, with the registry's models by clinical scenario.
+    pub async fn kpis(
+        &self,
+        catalog: &vault::catalog::Catalog,
+        jobs: &crate::jobs::Jobs,
+    ) -> Result<Kpis> {
         let patients = self.patients(catalog).await?;
-        Ok(kpi::kpis(
-            &patients,
-            &kpi::Models::new(),
-            &self.cells,
-            &self.rules,
-        ))
+        let mut models = kpi::Models::new();
+        for m in jobs.models().await? {
+            if let Some(s) = m["scenario"].as_str() {
+                *models.entry(s.to_string()).or_default() += 1;
+            }
+        }
+        Ok(kpi::kpis(&patients, &models, &self.cells, &self.rules))
     }
 }
 
@@ -350,7 +355,7 @@ fn unavailable() -> Response {
 
 /// `GET /kpi`: the indicators as JSON.
 pub async fn kpi_json(State(st): State<AppState>) -> Response {
-    match st.catalogue.kpis(st.vault.catalog()).await {
+    match st.catalogue.kpis(st.vault.catalog(), &st.jobs).await {
         Ok(k) => Json(k).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "kpi failed");
@@ -362,7 +367,7 @@ pub async fn kpi_json(State(st): State<AppState>) -> Response {
 /// `GET /kpi/page`: the same as a page with charts (inline SVG and CSS, nothing fetched
 /// from anywhere).
 pub async fn kpi_page(State(st): State<AppState>) -> Response {
-    match st.catalogue.kpis(st.vault.catalog()).await {
+    match st.catalogue.kpis(st.vault.catalog(), &st.jobs).await {
         Ok(k) => (
             [
                 ("content-type", "text/html; charset=utf-8"),

@@ -31,7 +31,7 @@ use sqlx::Row;
 use crate::routes::AppState;
 
 /// The models hbs ships (built by `tools/models/make_models.py`).
-const SHIPPED: &[(&[u8], &[u8])] = &[
+pub(crate) const SHIPPED: &[(&[u8], &[u8])] = &[
     (
         include_bytes!("../../compute/models/cspca-dwi-classifier.onnx"),
         include_bytes!("../../compute/models/cspca-dwi-classifier.json"),
@@ -897,44 +897,97 @@ fn answer(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({"error": msg}))).into_response()
 }
 
+/// Records a refused job submission (the reason as the rule), then answers it.
+async fn refuse(
+    st: &AppState,
+    p: &Principal,
+    rid: &crate::record::RequestId,
+    status: StatusCode,
+    reason: &str,
+) -> Response {
+    let ev = crate::record::event(
+        &crate::record::actor(p),
+        &rid.0,
+        "job.submit",
+        "jobs",
+        "deny",
+        reason,
+        "refused, nothing queued",
+    );
+    if st.audit.append(ev).await.is_err() {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot record this request; nothing was done",
+        );
+    }
+    answer(status, reason)
+}
+
 /// `POST /jobs` {"request": ID, "params": {...}}: queues a job for the caller's approved
-/// service request.
+/// service request. Every outcome is recorded (`job.submit`).
 pub async fn submit(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    Extension(rid): Extension<crate::record::RequestId>,
     body: axum::body::Bytes,
 ) -> Response {
+    let bad = StatusCode::BAD_REQUEST;
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return answer(
-            StatusCode::BAD_REQUEST,
+        return refuse(
+            &st,
+            &p,
+            &rid,
+            bad,
             "the body must be {\"request\": ID, \"params\": {...}}",
-        );
+        )
+        .await;
     };
     let Some(request) = v.get("request").and_then(Value::as_str) else {
-        return answer(
-            StatusCode::BAD_REQUEST,
+        return refuse(
+            &st,
+            &p,
+            &rid,
+            bad,
             "request (the service request's ID) is required",
-        );
+        )
+        .await;
     };
     let params = v.get("params").cloned().unwrap_or(json!({}));
     if !params.is_object() || params.to_string().len() > 4096 {
-        return answer(
-            StatusCode::BAD_REQUEST,
+        return refuse(
+            &st,
+            &p,
+            &rid,
+            bad,
             "params must be a JSON object under 4 KiB",
-        );
+        )
+        .await;
     }
     if params
         .get("threshold")
         .is_some_and(|t| !t.as_f64().is_some_and(|t| (0.0..=1.0).contains(&t)))
     {
-        return answer(
-            StatusCode::BAD_REQUEST,
+        return refuse(
+            &st,
+            &p,
+            &rid,
+            bad,
             "params.threshold must be a number from 0 to 1",
-        );
+        )
+        .await;
     }
     let req = match st.policy.store().get(request).await {
         Ok(Some(r)) if r.requester == crate::governance::subject(&p) => r,
-        Ok(_) => return answer(StatusCode::NOT_FOUND, "no such service request of yours"),
+        Ok(_) => {
+            return refuse(
+                &st,
+                &p,
+                &rid,
+                StatusCode::NOT_FOUND,
+                "no such service request of yours",
+            )
+            .await
+        }
         Err(_) => {
             return answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -943,33 +996,19 @@ pub async fn submit(
         }
     };
     if req.submission.kind != policy::workflow::Kind::Service {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "jobs run for service requests only",
-        );
+        return refuse(&st, &p, &rid, bad, "jobs run for service requests only").await;
     }
     if !req.grant.as_ref().is_some_and(|g| g.in_force) {
-        return answer(
+        return refuse(
+            &st,
+            &p,
+            &rid,
             StatusCode::FORBIDDEN,
             "the service request is not approved, or its grant is no longer in force",
-        );
+        )
+        .await;
     }
     let id = new_id();
-    let ev = crate::record::event(
-        &crate::record::actor(&p),
-        &id,
-        "job.submit",
-        &format!("job/{id}"),
-        "allow",
-        "the caller's service request is approved and in force",
-        "queued",
-    );
-    if st.audit.append(ev).await.is_err() {
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the audit log cannot record the job; nothing was queued",
-        );
-    }
     let t = now_ms();
     let r = sqlx::query(
         "INSERT INTO jobs (id, request, requester, status, reason, params, result, created, updated)
@@ -986,6 +1025,26 @@ pub async fn submit(
         return answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "the job queue cannot be written now",
+        );
+    }
+    let ev = crate::record::event(
+        &crate::record::actor(&p),
+        &rid.0,
+        "job.submit",
+        &format!("job/{id}"),
+        "allow",
+        "the caller's service request is approved and in force",
+        "queued",
+    );
+    if st.audit.append(ev).await.is_err() {
+        // Not recorded: not queued either.
+        let _ = sqlx::query("DELETE FROM jobs WHERE id = $1 AND status = 'queued'")
+            .bind(&id)
+            .execute(&st.jobs.pool)
+            .await;
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot record the job; nothing was queued",
         );
     }
     st.jobs.wake.notify_one();

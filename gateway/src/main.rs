@@ -551,6 +551,22 @@ enum EnclaveCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure inference throughput against onnxruntime, and the sandbox's start-up;
+    /// updates BENCHMARKS.md.
+    Bench {
+        /// Studies per model.
+        #[arg(long, default_value_t = 20)]
+        studies: usize,
+        /// Slices per study.
+        #[arg(long, default_value_t = 24)]
+        slices: usize,
+        /// Python with onnxruntime.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        /// The report to update.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        report: PathBuf,
+    },
     /// Run an escape attempt in the sandbox a job gets, and report what happened
     /// (tcp, dns, read, write, write-out, exec, fork-bomb, alloc, loop, output, ptrace).
     Probe {
@@ -675,6 +691,12 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Grants(cmd) => govern_cli::grants(cmd).await,
         Cmd::Kpi { client } => catalogue::kpi_cmd(&client).await,
         Cmd::Enclave(EnclaveCmd::Check { runs, json }) => enclave::check(runs, json),
+        Cmd::Enclave(EnclaveCmd::Bench {
+            studies,
+            slices,
+            python,
+            report,
+        }) => enclave::bench(studies, slices, &python, &report),
         Cmd::Job(JobCmd::Submit {
             client,
             request,

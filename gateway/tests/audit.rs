@@ -109,6 +109,8 @@ fn every_route_records_its_decision_and_contributions_their_effect() {
                 "contribution.instance".to_string()
             } else if p == "/requests" {
                 "policy.submit".to_string()
+            } else if p == "/jobs" {
+                "job.submit".to_string()
             } else {
                 format!("policy.{}", p.rsplit('/').next().unwrap_or(""))
             };
