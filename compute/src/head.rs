@@ -59,12 +59,12 @@ pub fn fit(x: &[Vec<f32>], y: &[bool], lambda: f64) -> Option<Head> {
         // Gradient and Hessian of the penalised negative log-likelihood.
         let mut g = vec![0.0; p];
         let mut h = vec![vec![0.0; p]; p];
-        for i in 0..n {
+        for (i, yi) in y.iter().enumerate() {
             let r = row(i);
             let z: f64 = r.iter().zip(&beta).map(|(a, b)| a * b).sum();
             let mu = 1.0 / (1.0 + (-z).exp());
             let w = (mu * (1.0 - mu)).max(1e-9);
-            let e = mu - f64::from(u8::from(y[i]));
+            let e = mu - f64::from(u8::from(*yi));
             for a in 0..p {
                 g[a] += e * r[a];
                 for b in 0..p {
@@ -102,12 +102,14 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         }
         a.swap(c, pivot);
         b.swap(c, pivot);
-        for r in c + 1..n {
-            let f = a[r][c] / a[c][c];
-            for k in c..n {
-                a[r][k] -= f * a[c][k];
+        let (top, rest) = a.split_at_mut(c + 1);
+        let pivot_row = &top[c];
+        for (k, row) in rest.iter_mut().enumerate() {
+            let f = row[c] / pivot_row[c];
+            for (x, p) in row[c..].iter_mut().zip(&pivot_row[c..]) {
+                *x -= f * p;
             }
-            b[r] -= f * b[c];
+            b[c + 1 + k] -= f * b[c];
         }
     }
     let mut x = vec![0.0; n];
@@ -142,7 +144,7 @@ mod tests {
         // Same data, same head.
         assert_eq!(fit(&x, &y, 1e-2).unwrap(), h);
         // One class only, or ragged rows: no head.
-        assert!(fit(&x, &vec![true; 40], 1e-2).is_none());
+        assert!(fit(&x, &[true; 40], 1e-2).is_none());
         assert!(fit(&[vec![1.0], vec![1.0, 2.0]], &[true, false], 1e-2).is_none());
     }
 
