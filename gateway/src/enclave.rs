@@ -198,7 +198,7 @@ pub fn bench(
             }
             Ok(secs)
         };
-        let enclave1 = run_workers(vec![0..studies])?;
+        let enclave1 = run_workers(std::iter::once(0..studies).collect())?;
         let half = studies / 2;
         let enclave2 = run_workers(vec![0..half, half..studies])?;
         out.push(BenchRow {
