@@ -288,7 +288,7 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
     // The validation split only (about a fifth of 80), for the new head and the base.
     let validated = strata["all"]["all"]["patients"].as_u64().unwrap();
     assert!(
-        (10..=30).contains(&validated) && validated % 5 == 0,
+        (10..=30).contains(&validated) && validated.is_multiple_of(5),
         "{doc}"
     );
     assert_eq!(strata["base/all"]["all"]["patients"], validated);
