@@ -555,7 +555,7 @@ enum EnclaveCmd {
     /// updates BENCHMARKS.md.
     Bench {
         /// Studies per model.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 200)]
         studies: usize,
         /// Slices per study.
         #[arg(long, default_value_t = 24)]
