@@ -83,7 +83,9 @@ def classifier(out: Path):
 def unet_nodes(dims: int):
     """The U-Net-like lesion segmenter's graph on T2W, 2D or 3D.
 
-    Fine path: a 3x3 mean (a convolution) and how dark it is (ReLU(0.75 - mean)).
+    Fine path: how dark the 3x3 mean is, ReLU(0.75 - mean), as one convolution
+    (weights -1/9, bias 0.75). Written as Sub(0.75, Conv(...)), tract 0.23.9 computes
+    it wrongly (the tests caught it: the masks disagreed with onnxruntime's).
     Coarse path (the encoder): a 4x4 mean pool, a 3x3 mean, how bright the surrounding
     is (ReLU(mean - 0.8): the gland), decoded back up by nearest-neighbour resizing.
 
@@ -98,20 +100,22 @@ def unet_nodes(dims: int):
     pad1 = ([0] * (dims - 4) + [1, 1]) * 2
     shape_w = lambda k: [1, 1] + k
     return [
-        helper.make_node("Conv", ["t2", "w_ctx"], ["fine"], kernel_shape=k3, pads=pad1),
-        helper.make_node("Sub", ["dark_level", "fine"], ["dark_in"]),
+        helper.make_node("Conv", ["t2", "w_dark", "b_dark"], ["dark_in"], kernel_shape=k3,
+                         pads=pad1),
         helper.make_node("Relu", ["dark_in"], ["dark"]),
         helper.make_node("AveragePool", ["t2"], ["down"], kernel_shape=k4, strides=k4),
         helper.make_node("Conv", ["down", "w_ctx"], ["ctx"], kernel_shape=k3, pads=pad1),
         helper.make_node("Sub", ["ctx", "bright_level"], ["bright_in"]),
         helper.make_node("Relu", ["bright_in"], ["bright"]),
-        helper.make_node("Resize", ["bright", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Resize", ["bright", "", "scales"], ["up"], mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
         helper.make_node("Mul", ["dark", "up"], ["gate"]),
         helper.make_node("Mul", ["gate", "gain"], ["gained"]),
         helper.make_node("Sub", ["gained", "offset"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["mask"]),
     ], [
-        const("dark_level", 0.75),
+        const("w_dark", np.full(shape_w(k3), -1.0 / 9.0)),
+        const("b_dark", [0.75]),
         const("bright_level", 0.8),
         const("w_ctx", np.full(shape_w(k3), 1.0 / 9.0)),
         const("scales", [1.0, 1.0] + [float(k) for k in k4]),
