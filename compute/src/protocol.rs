@@ -16,6 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::io::Read;
+
 use crate::card::Card;
 
 const MAGIC: &[u8] = b"HBSJOB1\n";
@@ -135,71 +137,93 @@ pub fn encode(job: &Job) -> Vec<u8> {
     out
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if self.0.len() < n {
-            return Err(FrameError("truncated".into()));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
+fn read_u32(r: &mut impl Read) -> Result<u32, FrameError> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)
+        .map_err(|_| FrameError("truncated".into()))?;
+    Ok(u32::from_le_bytes(b))
 }
 
-/// Reads a job frame.
-pub fn decode(bytes: &[u8]) -> Result<Job, FrameError> {
-    let mut r = Reader(bytes);
-    if r.take(MAGIC.len())? != MAGIC {
+fn read_bytes(r: &mut impl Read, n: usize) -> Result<Vec<u8>, FrameError> {
+    let mut v = Vec::new();
+    r.take(n as u64)
+        .read_to_end(&mut v)
+        .map_err(|_| FrameError("truncated".into()))?;
+    if v.len() != n {
+        return Err(FrameError("truncated".into()));
+    }
+    Ok(v)
+}
+
+/// Reads a frame's head: the spec, the model and how many cases follow. The worker
+/// then reads the cases one by one ([`read_case`]) and runs each as it arrives, so the
+/// transfer of the next overlaps the inference of this one and no copy of the whole
+/// job is ever held.
+pub fn read_head(r: &mut impl Read) -> Result<(JobSpec, Vec<u8>, usize), FrameError> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)
+        .map_err(|_| FrameError("truncated".into()))?;
+    if magic[..] != *MAGIC {
         return Err(FrameError("not a job frame".into()));
     }
-    let n = r.u32()? as usize;
-    let spec: JobSpec =
-        serde_json::from_slice(r.take(n)?).map_err(|e| FrameError(format!("spec: {e}")))?;
-    let n = r.u32()? as usize;
-    let model = r.take(n)?.to_vec();
-    let count = r.u32()? as usize;
-    let mut cases = Vec::with_capacity(count.min(100_000));
-    for _ in 0..count {
-        let id = r.u32()?;
-        let label = match r.u32()? {
-            0 => Some(false),
-            1 => Some(true),
-            2 => None,
-            _ => return Err(FrameError("bad label".into())),
-        };
-        let dims = r.u32()? as usize;
-        if dims == 0 || dims > 6 {
-            return Err(FrameError("bad tensor rank".into()));
-        }
-        let mut shape = Vec::with_capacity(dims);
-        for _ in 0..dims {
-            shape.push(r.u32()? as usize);
-        }
-        let len = shape
-            .iter()
-            .try_fold(1usize, |a, d| a.checked_mul(*d))
-            .filter(|n| *n <= MAX_VALUES)
-            .ok_or_else(|| FrameError("tensor too large".into()))?;
-        let raw = r.take(len * 4)?;
-        let values = raw
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        cases.push(Case {
-            id,
-            label,
-            shape,
-            values,
-        });
+    let n = read_u32(r)? as usize;
+    if n > 1 << 20 {
+        return Err(FrameError("spec too large".into()));
     }
-    if !r.0.is_empty() {
+    let spec: JobSpec =
+        serde_json::from_slice(&read_bytes(r, n)?).map_err(|e| FrameError(format!("spec: {e}")))?;
+    let n = read_u32(r)? as usize;
+    let model = read_bytes(r, n)?;
+    let count = read_u32(r)? as usize;
+    Ok((spec, model, count))
+}
+
+/// Reads the next case; `buf` is reused between cases.
+pub fn read_case(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Case, FrameError> {
+    let id = read_u32(r)?;
+    let label = match read_u32(r)? {
+        0 => Some(false),
+        1 => Some(true),
+        2 => None,
+        _ => return Err(FrameError("bad label".into())),
+    };
+    let dims = read_u32(r)? as usize;
+    if dims == 0 || dims > 6 {
+        return Err(FrameError("bad tensor rank".into()));
+    }
+    let mut shape = Vec::with_capacity(dims);
+    for _ in 0..dims {
+        shape.push(read_u32(r)? as usize);
+    }
+    let len = shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d))
+        .filter(|n| *n <= MAX_VALUES)
+        .ok_or_else(|| FrameError("tensor too large".into()))?;
+    buf.resize(len * 4, 0);
+    r.read_exact(buf)
+        .map_err(|_| FrameError("truncated".into()))?;
+    let values = buf
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Case {
+        id,
+        label,
+        shape,
+        values,
+    })
+}
+
+/// Reads a whole job frame.
+pub fn decode(bytes: &[u8]) -> Result<Job, FrameError> {
+    let mut r = bytes;
+    let (spec, model, count) = read_head(&mut r)?;
+    let mut buf = Vec::new();
+    let cases = (0..count)
+        .map(|_| read_case(&mut r, &mut buf))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !r.is_empty() {
         return Err(FrameError("trailing bytes".into()));
     }
     Ok(Job { spec, model, cases })

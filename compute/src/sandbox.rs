@@ -240,7 +240,7 @@ impl Launcher {
 
     /// Runs one worker: `args` after `enclave-worker`, `input` on its stdin, `out` its
     /// only writable folder. Blocks until the worker ends or is killed.
-    pub fn run(&self, args: &[String], input: &[u8], out: &Path) -> Outcome {
+    pub fn run(&self, args: &[String], input: Vec<u8>, out: &Path) -> Outcome {
         let t = Instant::now();
         let failed = |f: Failure| Outcome {
             result: Err(f),
@@ -295,7 +295,6 @@ impl Launcher {
             return failed(Failure::NoSandbox("no pipes to the worker".into()));
         };
         // Input on its own thread: the worker may end (or be killed) before reading it all.
-        let input = input.to_vec();
         let (tx_started, rx_started) = std::sync::mpsc::channel();
         let feeder = std::thread::spawn(move || {
             // The first write returns once the worker has confined itself and reads.

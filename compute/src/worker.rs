@@ -10,9 +10,9 @@
 //! the tests can show each is contained by the same confinement a job gets. It runs
 //! only after confinement, like a job.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
-use crate::protocol::{decode, Results};
+use crate::protocol::Results;
 use crate::sandbox::{
     confine, Confinement, Limits, EXIT_BAD_JOB, EXIT_MODEL_FAILED, EXIT_NO_SANDBOX,
 };
@@ -47,41 +47,44 @@ pub fn main(args: &[String]) -> i32 {
         let _ = std::io::stdout().write_all(doc.to_string().as_bytes());
         return 0;
     }
-    let mut input = Vec::new();
-    if std::io::stdin().read_to_end(&mut input).is_err() {
-        return EXIT_BAD_JOB;
-    }
-    let Ok(job) = decode(&input) else {
+    // Cases are read and run one at a time, as they arrive.
+    let mut stdin = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+    let Ok((spec, model_bytes, count)) = crate::protocol::read_head(&mut stdin) else {
         return EXIT_BAD_JOB;
     };
-    drop(input);
-    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &job.model));
-    if digest != job.spec.model_sha256 {
+    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &model_bytes));
+    if digest != spec.model_sha256 {
         return EXIT_BAD_JOB;
     }
-    let Ok(mut model) = crate::infer::Model::load(&job.model, &job.spec.card) else {
+    let Ok(mut model) = crate::infer::Model::load(&model_bytes, &spec.card) else {
         return EXIT_BAD_JOB;
     };
+    drop(model_bytes);
     let mut results = Results {
-        cases: Vec::with_capacity(job.cases.len()),
+        cases: Vec::with_capacity(count.min(100_000)),
         head: None,
     };
-    for case in &job.cases {
-        match model.run(case) {
+    let mut labels = Vec::with_capacity(count.min(100_000));
+    let mut buf = Vec::new();
+    for _ in 0..count {
+        let Ok(case) = crate::protocol::read_case(&mut stdin, &mut buf) else {
+            return EXIT_BAD_JOB;
+        };
+        match model.run(&case) {
             Ok(r) => results.cases.push(r),
             Err(crate::infer::InferError::Input(_)) => return EXIT_BAD_JOB,
             Err(_) => return EXIT_MODEL_FAILED,
         }
+        labels.push(case.label);
     }
-    if job.spec.action == crate::protocol::Action::FineTune {
-        if job.spec.card.task != crate::card::Task::Classifier {
+    if spec.action == crate::protocol::Action::FineTune {
+        if spec.card.task != crate::card::Task::Classifier {
             return EXIT_BAD_JOB;
         }
-        let (x, y): (Vec<Vec<f32>>, Vec<bool>) = job
-            .cases
+        let (x, y): (Vec<Vec<f32>>, Vec<bool>) = labels
             .iter()
             .zip(&results.cases)
-            .filter_map(|(c, r)| Some((r.features.clone(), c.label?)))
+            .filter_map(|(l, r)| Some((r.features.clone(), (*l)?)))
             .unzip();
         let Some(head) = crate::head::fit(&x, &y, RIDGE) else {
             return EXIT_BAD_JOB;

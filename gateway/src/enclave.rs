@@ -17,7 +17,7 @@ pub fn probe(attempt: &str, arg: &str, limits: Limits) -> Result<()> {
     if !arg.is_empty() {
         args.push(format!("--probe-arg={arg}"));
     }
-    let o = l.run(&args, b"", out.path());
+    let o = l.run(&args, Vec::new(), out.path());
     let written: Vec<String> = std::fs::read_dir(out.path())?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -52,7 +52,7 @@ pub fn check(runs: usize, json: bool) -> Result<()> {
     let out = tempfile::tempdir()?;
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
-        let o = l.run(&["--probe=none".to_string()], b"", out.path());
+        let o = l.run(&["--probe=none".to_string()], Vec::new(), out.path());
         if let Err(f) = o.result {
             bail!("{f}");
         }
@@ -108,7 +108,7 @@ pub fn bench(
     // Start-up: an empty worker, spawn to exit.
     let mut startup = Vec::new();
     for _ in 0..20 {
-        let o = launcher.run(&["--probe=none".to_string()], b"", scratch.path());
+        let o = launcher.run(&["--probe=none".to_string()], Vec::new(), scratch.path());
         startup.push(o.elapsed.as_secs_f64() * 1000.0);
     }
     let (rows, cols) = (128usize, 128usize);
@@ -184,7 +184,7 @@ pub fn bench(
             let t = Instant::now();
             let outcomes: Vec<_> = std::thread::scope(|s| {
                 let handles: Vec<_> = frames
-                    .iter()
+                    .into_iter()
                     .map(|f| {
                         let l = launcher.clone();
                         s.spawn(move || {

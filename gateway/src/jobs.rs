@@ -454,7 +454,7 @@ async fn run(
     let launcher = st.jobs.launcher.clone();
     let out = tempfile::tempdir().map_err(|_| "no scratch folder for the worker")?;
     let dir = out.path().to_path_buf();
-    let outcome = tokio::task::spawn_blocking(move || launcher.run(&[], &frame, &dir))
+    let outcome = tokio::task::spawn_blocking(move || launcher.run(&[], frame, &dir))
         .await
         .map_err(|_| "the worker's launcher failed")?;
     let bytes = outcome.result.map_err(|f| f.to_string())?;
