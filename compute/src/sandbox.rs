@@ -640,3 +640,30 @@ fn seccomp() -> Result<(), String> {
     seccompiler::apply_filter(&deny).map_err(|e| format!("seccomp: {e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_its_layers_nothing_runs_unconfined() {
+        let mut l = Launcher::new(PathBuf::from("/proc/self/exe"), Limits::default());
+        l.bwrap = PathBuf::from("/nonexistent/bwrap");
+        let o = l.run(&[], b"job".to_vec(), Path::new("/tmp"));
+        match o.result {
+            Err(Failure::NoSandbox(why)) => assert!(why.contains("bubblewrap"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let mut l = Launcher::new(PathBuf::from("/proc/self/exe"), Limits::default());
+        l.cgroup_root = PathBuf::from("/nonexistent/cgroup");
+        if l.bwrap.is_file() {
+            match l.run(&[], Vec::new(), Path::new("/tmp")).result {
+                Err(Failure::NoSandbox(why)) => assert!(why.contains("cgroup v1"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Failure::NoSandbox("x".into())
+            .to_string()
+            .contains("never run unconfined"));
+    }
+}

@@ -45,6 +45,9 @@ pub struct SubmissionArgs {
     /// What a service request's jobs do.
     #[arg(long, value_parser = ["inference", "evaluation", "fine-tuning"])]
     pub action: Option<String>,
+    /// Who receives per-patient values and for what purpose (with `--outputs per_patient`).
+    #[arg(long)]
+    pub recipient: Option<String>,
     /// Project [default: prostatenet].
     #[arg(long)]
     pub project: Option<String>,
@@ -83,6 +86,9 @@ impl SubmissionArgs {
         }
         if let Some(a) = &self.action {
             b["action"] = json!(a);
+        }
+        if let Some(r) = &self.recipient {
+            b["recipient"] = json!(r);
         }
         if let Some(f) = &self.cohort {
             let text = std::fs::read_to_string(f)

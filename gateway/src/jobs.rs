@@ -76,6 +76,8 @@ impl Jobs {
                 requester TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL,
                 params TEXT NOT NULL, result TEXT NOT NULL, created BIGINT NOT NULL,
                 updated BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS job_weights (job TEXT PRIMARY KEY, head TEXT NOT NULL,
+                training BIGINT NOT NULL, approvals TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS models (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL,
                 version TEXT NOT NULL, scenario TEXT NOT NULL, card TEXT NOT NULL,
                 lineage TEXT NOT NULL, evaluations TEXT NOT NULL, created BIGINT NOT NULL)",
@@ -560,7 +562,8 @@ async fn run(
     };
     let approved = compute::release::Approved {
         outputs: req.submission.outputs.clone(),
-        ..Default::default()
+        per_patient_recipient: req.submission.recipient.clone(),
+        weights_release_approved: false,
     };
     let released = compute::release::check(&raw, &approved, &rules);
     let mut instances: Vec<&String> = cases.iter().flat_map(|c| &c.instances).collect();
@@ -609,6 +612,14 @@ async fn run(
         });
         st.jobs
             .register_head(&sha, &card, &text, lineage, &released.outputs)
+            .await
+            .map_err(|_| "the fine-tuned model could not be registered")?;
+        // Held back until the board releases them (POST /jobs/{id}/release).
+        sqlx::query("INSERT INTO job_weights (job, head, training, approvals) VALUES ($1, $2, $3, '[]') ON CONFLICT (job) DO NOTHING")
+            .bind(id)
+            .bind(String::from_utf8_lossy(&text).into_owned())
+            .bind(training as i64)
+            .execute(&st.jobs.pool)
             .await
             .map_err(|_| "the fine-tuned model could not be registered")?;
     }
@@ -905,10 +916,21 @@ async fn refuse(
     status: StatusCode,
     reason: &str,
 ) -> Response {
+    refuse_step(st, p, rid, "job.submit", status, reason).await
+}
+
+async fn refuse_step(
+    st: &AppState,
+    p: &Principal,
+    rid: &crate::record::RequestId,
+    action: &str,
+    status: StatusCode,
+    reason: &str,
+) -> Response {
     let ev = crate::record::event(
         &crate::record::actor(p),
         &rid.0,
-        "job.submit",
+        action,
         "jobs",
         "deny",
         reason,
@@ -1053,6 +1075,204 @@ pub async fn submit(
         Json(json!({"job": id, "status": "queued"})),
     )
         .into_response()
+}
+
+/// `POST /jobs/{id}/release` (ethics board): approves releasing a fine-tuning job's
+/// trained weights. At the quorum (2 distinct members) the weights pass disclosure
+/// control again, now with the board's approval (they still leave only if small
+/// enough: a third of the training patients, 10 residual degrees of freedom), and the
+/// job's signed result is written anew with them.
+pub async fn release(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Extension(rid): Extension<crate::record::RequestId>,
+    Path(id): Path<String>,
+) -> Response {
+    let who = crate::governance::subject(&p);
+    let row = sqlx::query("SELECT head, training, approvals FROM job_weights WHERE job = $1")
+        .bind(&id)
+        .fetch_optional(&st.jobs.pool)
+        .await;
+    let Ok(row) = row else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job queue cannot be read now",
+        );
+    };
+    let Some(row) = row else {
+        return refuse_step(
+            &st,
+            &p,
+            &rid,
+            "job.release",
+            StatusCode::NOT_FOUND,
+            "no trained weights are held back for this job",
+        )
+        .await;
+    };
+    let mut approvals: Vec<String> =
+        serde_json::from_str(&row.get::<String, _>(2)).unwrap_or_default();
+    if approvals.contains(&who) {
+        return refuse_step(
+            &st,
+            &p,
+            &rid,
+            "job.release",
+            StatusCode::CONFLICT,
+            "this board member has already approved this release",
+        )
+        .await;
+    }
+    let job = sqlx::query("SELECT request, result, requester FROM jobs WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&st.jobs.pool)
+        .await;
+    let Ok(Some(job)) = job else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job queue cannot be read now",
+        );
+    };
+    if job.get::<String, _>(2) == who {
+        return refuse_step(
+            &st,
+            &p,
+            &rid,
+            "job.release",
+            StatusCode::CONFLICT,
+            "a board member cannot release weights of their own job",
+        )
+        .await;
+    }
+    approvals.push(who);
+    let need = policy::store::DEFAULT_QUORUM as usize;
+    let mut released = false;
+    let mut result: Value = serde_json::from_str(&job.get::<String, _>(1)).unwrap_or(json!({}));
+    if approvals.len() >= need {
+        let head: Option<compute::head::Head> = serde_json::from_str(&row.get::<String, _>(0)).ok();
+        let req = st
+            .policy
+            .store()
+            .get(&job.get::<String, _>(0))
+            .await
+            .ok()
+            .flatten();
+        if let (Some(head), Some(req)) = (head, req) {
+            let raw = compute::release::Raw {
+                cohort_patients: row.get::<i64, _>(1) as u64,
+                weights: Some(compute::release::Weights {
+                    values: head.parameters(),
+                    training_patients: row.get::<i64, _>(1) as u64,
+                }),
+                ..Default::default()
+            };
+            let approved = compute::release::Approved {
+                outputs: req.submission.outputs.clone(),
+                per_patient_recipient: None,
+                weights_release_approved: true,
+            };
+            let r = compute::release::check(&raw, &approved, &compute::release::Rules::default());
+            let doc = &mut result["document"];
+            if let Some(w) = r.outputs.get("weights") {
+                doc["outputs"]["weights"] = w.clone();
+                if let Some(b) = doc["blocked"].as_array_mut() {
+                    b.retain(|e| e["what"] != "weights");
+                }
+                released = true;
+            } else if let Some(b) = doc["blocked"].as_array_mut() {
+                b.retain(|e| e["what"] != "weights");
+                b.extend(
+                    r.blocked
+                        .iter()
+                        .filter_map(|x| serde_json::to_value(x).ok()),
+                );
+            }
+            let body = serde_json::to_vec(&result["document"]).unwrap_or_default();
+            match crate::dicomweb::sign_bytes(&st.receipt_key, &body) {
+                Ok(sig) => {
+                    use base64::Engine as _;
+                    result["signature"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(sig));
+                }
+                Err(_) => {
+                    return answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the result could not be signed",
+                    )
+                }
+            }
+        }
+    }
+    let outcome = if released {
+        "quorum reached: the weights are released"
+    } else if approvals.len() >= need {
+        "quorum reached: the weights stay held back by disclosure control"
+    } else {
+        "approval counted"
+    };
+    let ev = crate::record::event(
+        &crate::record::actor(&p),
+        &rid.0,
+        "job.release",
+        &format!("job/{id}/weights"),
+        "allow",
+        "an ethics board member approves releasing trained weights",
+        outcome,
+    );
+    if st.audit.append(ev).await.is_err() {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot record this request; nothing was done",
+        );
+    }
+    let mut tx = match st.jobs.pool.begin().await {
+        Ok(t) => t,
+        Err(_) => {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the job queue cannot be written now",
+            )
+        }
+    };
+    let ok = sqlx::query("UPDATE job_weights SET approvals = $1 WHERE job = $2")
+        .bind(json!(approvals).to_string())
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .is_ok()
+        && sqlx::query("UPDATE jobs SET result = $1, updated = $2 WHERE id = $3")
+            .bind(result.to_string())
+            .bind(now_ms())
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .is_ok();
+    if !ok || tx.commit().await.is_err() {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job queue cannot be written now",
+        );
+    }
+    Json(json!({"job": id, "approvals": approvals.len(), "needed": need, "released": released}))
+        .into_response()
+}
+
+/// `hbs job release`.
+pub async fn release_cmd(c: &crate::client::ClientArgs, id: &str) -> Result<()> {
+    let a = crate::govern_cli::post(
+        c,
+        &format!("/jobs/{}/release", crate::client::query_escape(id)),
+        &json!({}),
+    )
+    .await?;
+    let Some(v) = crate::search::json_answer(c, &a)? else {
+        return Ok(());
+    };
+    println!(
+        "{} of {} approvals; released: {}",
+        v["approvals"], v["needed"], v["released"]
+    );
+    Ok(())
 }
 
 /// `GET /jobs/{id}`: its status, the reason, and the released (signed) outputs; its

@@ -530,6 +530,14 @@ enum JobCmd {
         #[arg(long)]
         params: Option<PathBuf>,
     },
+    /// Ethics board: approve releasing a fine-tuning job's trained weights (a quorum of
+    /// two; they still leave only if disclosure control lets them).
+    Release {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// The job ID.
+        id: String,
+    },
     /// A job's status, reason and released outputs.
     Show {
         #[command(flatten)]
@@ -703,6 +711,7 @@ async fn run(cli: Cli) -> Result<()> {
             params,
         }) => jobs::submit_cmd(&client, &request, params.as_deref()).await,
         Cmd::Job(JobCmd::Show { client, id }) => jobs::show_cmd(&client, &id).await,
+        Cmd::Job(JobCmd::Release { client, id }) => jobs::release_cmd(&client, &id).await,
         Cmd::Models { client } => jobs::models_cmd(&client).await,
         Cmd::Enclave(EnclaveCmd::Probe {
             attempt,

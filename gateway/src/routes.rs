@@ -110,6 +110,7 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
     ),
     ("GET", "/grants/{id}/decision", &[Role::Researcher]),
     ("POST", "/jobs", &[Role::Researcher]),
+    ("POST", "/jobs/{id}/release", &[Role::EthicsBoard]),
     (
         "GET",
         "/jobs/{id}",
@@ -170,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/grants/{id}/decision", get(crate::governance::decision))
         .route("/jobs", post(crate::jobs::submit))
         .route("/jobs/{id}", get(crate::jobs::show))
+        .route("/jobs/{id}/release", post(crate::jobs::release))
         .route("/models", get(crate::jobs::models))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)

@@ -299,6 +299,34 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
         "{doc}"
     );
     assert!(doc["outputs"].get("weights").is_none());
+    // The board releases them: not the researcher, not one member alone.
+    let job = shown["job"].as_str().unwrap().to_string();
+    let o = hbs_as(&s, &researcher, &["job", "release", &job]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("403"));
+    let v = ok_json(&hbs_as(&s, &board1, &["job", "release", &job, "--json"]));
+    assert_eq!(
+        (v["approvals"].as_u64(), v["released"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let o = hbs_as(&s, &board1, &["job", "release", &job]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already approved"));
+    let v = ok_json(&hbs_as(&s, &board2, &["job", "release", &job, "--json"]));
+    assert_eq!(v["released"], true, "{v}");
+    let shown = ok_json(&hbs_as(&s, &researcher, &["job", "show", &job, "--json"]));
+    // Intercept and one weight per feature (4), three significant digits.
+    assert_eq!(
+        shown["result"]["document"]["outputs"]["weights"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5,
+        "{shown}"
+    );
+    assert!(!shown["result"]["document"]["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["what"] == "weights"));
     // The registry has the new model, its lineage, and its evaluation.
     let models = ok_json(&hbs_as(&s, &researcher, &["models", "--json"]));
     let tuned = models["models"]

@@ -109,6 +109,10 @@ pub struct Submission {
     /// `fine-tuning`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// Who receives per-patient values, and for what (service requests that list
+    /// `per_patient`; without it none leave).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
 }
 
 fn printable(field: &str, s: &str, max: usize, required: bool) -> Result<(), String> {
@@ -174,6 +178,12 @@ impl Submission {
                 if self.kind != Kind::Service && (!self.outputs.is_empty() || self.action.is_some())
                 {
                     return Err("only a service request lists outputs and an action".into());
+                }
+                if let Some(r) = &self.recipient {
+                    if self.kind != Kind::Service {
+                        return Err("only a service request names a recipient".into());
+                    }
+                    printable("recipient", r, 200, true)?;
                 }
                 if let Some(a) = &self.action {
                     if !matches!(a.as_str(), "inference" | "evaluation" | "fine-tuning") {

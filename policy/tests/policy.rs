@@ -46,6 +46,7 @@ fn data_request(sites: &[&str], purpose: &str, days: u32) -> Submission {
         change: None,
         outputs: vec![],
         action: None,
+        recipient: None,
     }
 }
 
@@ -645,6 +646,7 @@ async fn policy_changes_need_the_board_and_reach_every_replica_at_once() {
             }),
             outputs: vec![],
             action: None,
+            recipient: None,
         };
         let r = store.submit(&op, change, None).await.unwrap();
         let e = store
@@ -973,6 +975,7 @@ fn policy_change(change: PolicyChange) -> Submission {
         change: Some(change),
         outputs: vec![],
         action: None,
+        recipient: None,
     }
 }
 
