@@ -119,6 +119,9 @@ pub enum Failure {
     /// The model failed while running.
     #[error("the model failed while running")]
     ModelFailed,
+    /// The worker crashed (a Rust panic in the model's engine: exit status 101).
+    #[error("the worker crashed while running the model")]
+    Crashed,
     /// Killed by a signal (CPU limit: SIGXCPU or SIGKILL; a seccomp kill: SIGSYS).
     #[error("the worker was killed by signal {0}")]
     Signal(i32),
@@ -348,6 +351,7 @@ impl Launcher {
                     ),
                     (Some(EXIT_BAD_JOB), _) => Failure::BadJob,
                     (Some(EXIT_MODEL_FAILED), _) => Failure::ModelFailed,
+                    (Some(101), _) => Failure::Crashed,
                     // bubblewrap reports its child's death by signal as 128 + signal.
                     (Some(c), _) if c > 128 && c < 160 => Failure::Signal(c - 128),
                     (Some(c), _) => Failure::Exit(c),

@@ -1310,6 +1310,115 @@ pub async fn show(
     }
 }
 
+/// Largest model accepted by `POST /models`.
+const MAX_MODEL: usize = 64 << 20;
+
+/// `POST /models` {"card": {...}, "onnx": base64}: a researcher brings a model to the
+/// registry. Only its card is read here: the ONNX file is parsed only inside a sandboxed
+/// worker, by a job whose approval names its SHA-256.
+pub async fn register(
+    State(st): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Extension(rid): Extension<crate::record::RequestId>,
+    body: axum::body::Bytes,
+) -> Response {
+    let step = "model.register";
+    let bad = StatusCode::BAD_REQUEST;
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return refuse_step(
+            &st,
+            &p,
+            &rid,
+            step,
+            bad,
+            "the body must be {\"card\": {...}, \"onnx\": base64}",
+        )
+        .await;
+    };
+    use base64::Engine as _;
+    let Some(onnx) = v["onnx"]
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    else {
+        return refuse_step(
+            &st,
+            &p,
+            &rid,
+            step,
+            bad,
+            "onnx must be the model file in base64",
+        )
+        .await;
+    };
+    if onnx.is_empty() || onnx.len() > MAX_MODEL {
+        return refuse_step(
+            &st,
+            &p,
+            &rid,
+            step,
+            bad,
+            "the model must be 1 byte to 64 MiB",
+        )
+        .await;
+    }
+    let card = serde_json::to_vec(&v["card"]).unwrap_or_default();
+    if let Err(e) = Card::parse(&card) {
+        return refuse_step(&st, &p, &rid, step, bad, &e).await;
+    }
+    let lineage = json!({"base": null, "origin": format!("registered by {}", crate::governance::subject(&p))});
+    let sha = crate::dicomweb::sha256_hex(&onnx);
+    let ev = crate::record::event(
+        &crate::record::actor(&p),
+        &rid.0,
+        step,
+        &format!("model/{sha}"),
+        "allow",
+        "researchers bring models to the registry; they run only under an approval naming their hash",
+        "registered",
+    );
+    if st.audit.append(ev).await.is_err() {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot record this request; nothing was done",
+        );
+    }
+    match st.jobs.register(&onnx, &card, lineage).await {
+        Ok(sha) => (StatusCode::CREATED, Json(json!({"sha256": sha}))).into_response(),
+        Err(_) => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the registry cannot be written now",
+        ),
+    }
+}
+
+/// `hbs models --add FILE --card CARD`.
+pub async fn register_cmd(
+    c: &crate::client::ClientArgs,
+    onnx: &std::path::Path,
+    card: &std::path::Path,
+) -> Result<()> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(onnx).with_context(|| format!("cannot read {}", onnx.display()))?;
+    let card: Value = serde_json::from_slice(&std::fs::read(card)?)
+        .with_context(|| format!("{} is not JSON", card.display()))?;
+    let a = crate::govern_cli::post(
+        c,
+        "/models",
+        &json!({"card": card, "onnx": base64::engine::general_purpose::STANDARD.encode(bytes)}),
+    )
+    .await?;
+    if a.status != 201 {
+        return Err(crate::search::refused(&a));
+    }
+    let v: Value = serde_json::from_slice(&a.body)?;
+    if c.json {
+        println!("{v}");
+    } else {
+        println!("{}", v["sha256"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
 /// `GET /models`: the registry.
 pub async fn models(State(st): State<AppState>) -> Response {
     match st.jobs.models().await {

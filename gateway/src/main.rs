@@ -210,10 +210,17 @@ enum Cmd {
     /// Jobs: run an approved service request's model in the compute enclave.
     #[command(subcommand)]
     Job(JobCmd),
-    /// The model registry.
+    /// The model registry; with `--add`, bring a model to it (prints its SHA-256, what a
+    /// service request names).
     Models {
         #[command(flatten)]
         client: client::ClientArgs,
+        /// An ONNX file to register.
+        #[arg(long, requires = "card")]
+        add: Option<PathBuf>,
+        /// Its card (JSON: name, version, scenario, task, inputs, outputs).
+        #[arg(long, requires = "add")]
+        card: Option<PathBuf>,
     },
     /// The compute enclave's sandbox: check it, probe it.
     #[command(subcommand)]
@@ -712,7 +719,12 @@ async fn run(cli: Cli) -> Result<()> {
         }) => jobs::submit_cmd(&client, &request, params.as_deref()).await,
         Cmd::Job(JobCmd::Show { client, id }) => jobs::show_cmd(&client, &id).await,
         Cmd::Job(JobCmd::Release { client, id }) => jobs::release_cmd(&client, &id).await,
-        Cmd::Models { client } => jobs::models_cmd(&client).await,
+        Cmd::Models {
+            client,
+            add: Some(file),
+            card: Some(card),
+        } => jobs::register_cmd(&client, &file, &card).await,
+        Cmd::Models { client, .. } => jobs::models_cmd(&client).await,
         Cmd::Enclave(EnclaveCmd::Probe {
             attempt,
             arg,

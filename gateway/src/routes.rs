@@ -117,6 +117,7 @@ pub const ROUTES: &[(&str, &str, &[Role])] = &[
         &[Role::Researcher, Role::Auditor, Role::Operator],
     ),
     ("GET", "/models", GOVERNANCE),
+    ("POST", "/models", &[Role::Researcher]),
 ];
 
 /// The router: [`ROUTES`] with their handlers, behind the role gate and the metrics.
@@ -172,7 +173,12 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", post(crate::jobs::submit))
         .route("/jobs/{id}", get(crate::jobs::show))
         .route("/jobs/{id}/release", post(crate::jobs::release))
-        .route("/models", get(crate::jobs::models))
+        .route(
+            "/models",
+            get(crate::jobs::models)
+                .post(crate::jobs::register)
+                .layer(axum::extract::DefaultBodyLimit::max(96 << 20)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }

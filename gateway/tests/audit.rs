@@ -111,6 +111,8 @@ fn every_route_records_its_decision_and_contributions_their_effect() {
                 "policy.submit".to_string()
             } else if p == "/jobs" {
                 "job.submit".to_string()
+            } else if p == "/models" {
+                "model.register".to_string()
             } else if p == "/jobs/{id}/release" {
                 "job.release".to_string()
             } else {

@@ -183,6 +183,50 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
     ));
     assert_eq!(v["status"], "succeeded");
 
+    // A researcher brings a model of their own; this one allocates without bound. Its
+    // job fails with the reason, contained, and the gateway keeps serving.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (hostile, hostile_card) = (
+        fixtures.join("hostile-alloc.onnx"),
+        fixtures.join("hostile-alloc.json"),
+    );
+    let v = ok_json(&hbs_as(
+        &s,
+        &researcher,
+        &[
+            "models",
+            "--add",
+            hostile.to_str().unwrap(),
+            "--card",
+            hostile_card.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(v["sha256"], sha256_file(&hostile).as_str());
+    let request = approved_service_request(
+        &s,
+        d.path(),
+        &[&researcher, &board1, &board2],
+        &hostile,
+        "counts,auc",
+    );
+    let v = ok_json(&hbs_as(
+        &s,
+        &researcher,
+        &["job", "submit", "--request", &request, "--json"],
+    ));
+    let shown = finished(&s, &researcher, v["job"].as_str().unwrap());
+    assert_eq!(shown["status"], "failed", "{shown}");
+    let reason = shown["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("memory")
+            || reason.contains("signal")
+            || reason.contains("model failed")
+            || reason.contains("crashed"),
+        "{reason}"
+    );
+    assert_eq!(curl(&s, "/healthz", Some(&researcher)).0, Some(200));
+
     // The segmenters, 2D and 3D, against the reference segmentations: the mean Dice
     // the enclave releases is the one onnxruntime gives on the original files.
     for (name, kind) in [("lesion-unet-2d", "2d"), ("lesion-unet-3d", "3d")] {

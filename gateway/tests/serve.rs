@@ -87,6 +87,7 @@ fn expected(method: &str, path: &str, role: &str) -> Option<u16> {
             403
         }),
         ("GET", "/models") => Some(if governance { 200 } else { 403 }),
+        ("POST", "/models") => Some(if role == "researcher" { 400 } else { 403 }),
         // Releasing a job's weights: board members; no such job here.
         ("POST", "/jobs/{id}/release") => Some(if board { 404 } else { 403 }),
         _ => None,

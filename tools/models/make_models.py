@@ -6,7 +6,7 @@ independently (onnxruntime on the same pixels, in Python). They are shaped like 
 models ProstateNET runs (a classifier with a feature layer for transfer learning, a 2D
 and a 3D U-Net-like segmenter), small enough to keep in the repository.
 
-    .venv/bin/python tools/models/make_models.py compute/models
+    .venv/bin/python tools/models/make_models.py compute/models gateway/tests/fixtures
 
 Needs the `onnx` and `numpy` packages. The output is deterministic: running it again
 gives the same bytes, so the SHA-256 in the model cards and tests stays put.
@@ -149,12 +149,43 @@ def segmenter(out: Path, dims: int):
     })
 
 
+def hostile(out: Path):
+    """A test fixture, not a model: a "classifier" that tiles its input to about 100 GB
+    before reducing it, as a malicious or broken model might. The enclave must contain
+    it (memory limits) and report it, and the gateway must keep serving."""
+    x = helper.make_tensor_value_info("dwi", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])
+    prob = helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])
+    nodes = [
+        helper.make_node("Tile", ["dwi", "repeats"], ["huge"]),
+        helper.make_node("ReduceMax", ["huge", "axes"], ["peak"], keepdims=0),
+        helper.make_node("Sigmoid", ["peak"], ["prob"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1, 1, 256, 256], dtype=np.int64), "repeats"),
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+    ]
+    graph = helper.make_graph(nodes, "hostile_alloc", [x], [prob], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    save(model, out, {
+        "name": "hostile-alloc",
+        "version": "0.0.1",
+        "scenario": "test fixture: a model that allocates without bound",
+        "task": "classifier",
+        "inputs": [{"name": "dwi", "sequence": "DWI", "b_value": "highest",
+                    "shape": [1, SIZE, SIZE], "scale": 0.001}],
+        "outputs": {"score": "prob"},
+    })
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "compute/models")
     out.mkdir(parents=True, exist_ok=True)
     classifier(out / "cspca-dwi-classifier")
     segmenter(out / "lesion-unet-2d", 4)
     segmenter(out / "lesion-unet-3d", 5)
+    fixtures = Path(sys.argv[2] if len(sys.argv) > 2 else "gateway/tests/fixtures")
+    fixtures.mkdir(parents=True, exist_ok=True)
+    hostile(fixtures / "hostile-alloc")
 
 
 if __name__ == "__main__":
