@@ -12,6 +12,8 @@
 //! - [`worker`]: the worker's `main`;
 //! - [`infer`]: running a model with tract inside the worker;
 //! - [`card`]: model cards (what a model takes and gives);
+//! - [`head`]: the trainable head of transfer learning (logistic regression on a frozen
+//!   backbone's features);
 //! - [`metrics`]: AUC, sensitivity and specificity, calibration, Dice, Hausdorff;
 //! - [`release`]: output disclosure control (what of a job's results may leave).
 //!
