@@ -118,7 +118,12 @@ impl Jobs {
     pub async fn register(&self, onnx: &[u8], card: &[u8], lineage: Value) -> Result<String> {
         let parsed = Card::parse(card).map_err(anyhow::Error::msg)?;
         let sha = crate::dicomweb::sha256_hex(onnx);
-        vault::store::atomic_write(&self.models.join(format!("{sha}.onnx")), onnx)?;
+        // Content-addressed: a file already there under its hash is this model (the
+        // shipped ones are registered at every start).
+        let file = self.models.join(format!("{sha}.onnx"));
+        if !file.is_file() {
+            vault::store::atomic_write(&file, onnx)?;
+        }
         sqlx::query(
             "INSERT INTO models (sha256, name, version, scenario, card, lineage, evaluations, created)
              VALUES ($1, $2, $3, $4, $5, $6, '[]', $7) ON CONFLICT (sha256) DO NOTHING",

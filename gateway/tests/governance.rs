@@ -9,17 +9,6 @@ use std::process::{Command, Output};
 
 use common::*;
 
-fn ok_json(o: &Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&o.stdout)))
-}
-
 fn refused(o: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -6,20 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
-
-fn ok_json(o: &Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&o.stdout)))
-}
 
 fn hbs(args: &[&str], data: &Path) {
     let o = Command::new(env!("CARGO_BIN_EXE_hbs"))
@@ -100,38 +89,20 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
         "{models}"
     );
 
-    let cohort = d.path().join("cohort.json");
-    std::fs::write(&cohort, "{}").unwrap();
-    let o = hbs_as(
+    let request = service_request(
         &s,
+        d.path(),
         &researcher,
-        &[
-            "request",
-            "submit",
-            "--kind",
-            "service",
-            "--cohort",
-            cohort.to_str().unwrap(),
-            "--model",
-            model_file.to_str().unwrap(),
-            "--purpose",
-            "csPCa-detection-validation",
-            "--days",
-            "30",
-            "--outputs",
-            "counts,auc,sensitivity,specificity,calibration",
-        ],
+        &model_file,
+        "counts,auc,sensitivity,specificity,calibration",
+        &[],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let request = String::from_utf8(o.stdout).unwrap().trim().to_string();
 
     // Not approved yet: no job.
     let o = hbs_as(&s, &researcher, &["job", "submit", "--request", &request]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("403"));
-    for b in [&board1, &board2] {
-        ok_json(&hbs_as(&s, b, &["review", "approve", &request, "--json"]));
-    }
+    approve(&s, &[&board1, &board2], &request);
 
     let v = ok_json(&hbs_as(
         &s,
@@ -282,34 +253,15 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
     let cfg = d.path().join("hbs.toml");
     std::fs::write(&cfg, "[catalogue]\ncutoff = \"2000-01-01\"\n").unwrap();
     let s = start_with(&data, &["--config", cfg.to_str().unwrap()]);
-    let cohort = d.path().join("cohort.json");
-    let o = hbs_as(
+    let request = service_request(
         &s,
+        d.path(),
         &researcher,
-        &[
-            "request",
-            "submit",
-            "--kind",
-            "service",
-            "--action",
-            "fine-tuning",
-            "--cohort",
-            cohort.to_str().unwrap(),
-            "--model",
-            model_file.to_str().unwrap(),
-            "--purpose",
-            "siemens-specific-csPCa-model",
-            "--days",
-            "30",
-            "--outputs",
-            "counts,auc,sensitivity,specificity,weights",
-        ],
+        &model_file,
+        "counts,auc,sensitivity,specificity,weights",
+        &["--action", "fine-tuning"],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let request = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    for b in [&board1, &board2] {
-        ok_json(&hbs_as(&s, b, &["review", "approve", &request, "--json"]));
-    }
+    approve(&s, &[&board1, &board2], &request);
     let params = d.path().join("params.json");
     std::fs::write(&params, r#"{"vendor": "siemens"}"#).unwrap();
     let v = ok_json(&hbs_as(
@@ -392,8 +344,48 @@ fn an_approved_classifier_runs_sandboxed_and_only_checked_outputs_come_back() {
     assert_eq!(base["evaluations"].as_array().unwrap().len(), 2, "{base}");
 }
 
-/// Submits a service request for `model` over the whole catalogue, approved by the two
-/// board members; returns its ID.
+/// Submits `researcher`'s service request for `model` over the whole catalogue, with
+/// `outputs` and any `extra` flags; returns its ID.
+fn service_request(
+    s: &Server,
+    dir: &Path,
+    researcher: &Path,
+    model: &Path,
+    outputs: &str,
+    extra: &[&str],
+) -> String {
+    let cohort = dir.join("cohort.json");
+    std::fs::write(&cohort, "{}").unwrap();
+    let mut args = vec![
+        "request",
+        "submit",
+        "--kind",
+        "service",
+        "--cohort",
+        cohort.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--purpose",
+        "csPCa-model-validation",
+        "--days",
+        "30",
+        "--outputs",
+        outputs,
+    ];
+    args.extend_from_slice(extra);
+    let o = hbs_as(s, researcher, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Both board members approve request `id`.
+fn approve(s: &Server, boards: &[&Path], id: &str) {
+    for b in boards {
+        ok_json(&hbs_as(s, b, &["review", "approve", id, "--json"]));
+    }
+}
+
+/// A service request (see [`service_request`]) approved by the two board members.
 fn approved_service_request(
     s: &Server,
     dir: &Path,
@@ -401,33 +393,8 @@ fn approved_service_request(
     model: &Path,
     outputs: &str,
 ) -> String {
-    let cohort = dir.join("cohort.json");
-    std::fs::write(&cohort, "{}").unwrap();
-    let o = hbs_as(
-        s,
-        who[0],
-        &[
-            "request",
-            "submit",
-            "--kind",
-            "service",
-            "--cohort",
-            cohort.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--purpose",
-            "lesion-segmentation-validation",
-            "--days",
-            "30",
-            "--outputs",
-            outputs,
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let request = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    for b in &who[1..] {
-        ok_json(&hbs_as(s, b, &["review", "approve", &request, "--json"]));
-    }
+    let request = service_request(s, dir, who[0], model, outputs, &[]);
+    approve(s, &who[1..], &request);
     request
 }
 

@@ -95,9 +95,9 @@ fn pixel_bytes<'e>(ds: &'e [Element<'_>]) -> Result<&'e [u8], ImageError> {
     }
 }
 
-fn dims(ds: &[Element<'_>], big: bool) -> Result<(usize, usize), ImageError> {
-    let rows = num(ds, 0x0028, 0x0010, big).unwrap_or(0.0) as usize;
-    let cols = num(ds, 0x0028, 0x0011, big).unwrap_or(0.0) as usize;
+fn dims(ds: &[Element<'_>]) -> Result<(usize, usize), ImageError> {
+    let rows = num(ds, 0x0028, 0x0010, false).unwrap_or(0.0) as usize;
+    let cols = num(ds, 0x0028, 0x0011, false).unwrap_or(0.0) as usize;
     if rows == 0 || cols == 0 || rows > 4096 || cols > 4096 {
         return Err(ImageError::Unsupported(
             "rows and columns must be 1 to 4096",
@@ -106,130 +106,135 @@ fn dims(ds: &[Element<'_>], big: bool) -> Result<(usize, usize), ImageError> {
     Ok((rows, cols))
 }
 
-/// Reads one single-frame MR slice.
-pub fn slice(bytes: &[u8]) -> Result<Slice, ImageError> {
+/// Parses a little-endian file and hands its data set, encoding and size to `read`.
+fn open<T>(
+    bytes: &[u8],
+    read: impl FnOnce(&[Element<'_>], Encoding, usize, usize) -> Result<T, ImageError>,
+) -> Result<T, ImageError> {
     let inflated = dicom::inflate_if_needed(bytes)?;
     let file = dicom::parse(bytes, inflated.as_ref())?;
     if file.encoding == Encoding::ExplicitBe {
         return Err(ImageError::Unsupported("big-endian pixel data is not read"));
     }
-    let ds = &file.dataset;
-    let (rows, cols) = dims(ds, false)?;
-    if num(ds, 0x0028, 0x0008, false).is_some_and(|f| f > 1.0) {
-        return Err(ImageError::Unsupported("multi-frame images are not read"));
-    }
-    let bits = num(ds, 0x0028, 0x0100, false).unwrap_or(16.0) as u32;
-    let signed = num(ds, 0x0028, 0x0103, false) == Some(1.0);
-    let slope = num(ds, 0x0028, 0x1053, false).unwrap_or(1.0) as f32;
-    let intercept = num(ds, 0x0028, 0x1052, false).unwrap_or(0.0) as f32;
-    let px = pixel_bytes(ds)?;
-    let n = rows * cols;
-    let raw: Vec<f32> = match (bits, signed) {
-        (16, false) if px.len() >= 2 * n => px[..2 * n]
-            .chunks_exact(2)
-            .map(|b| f32::from(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        (16, true) if px.len() >= 2 * n => px[..2 * n]
-            .chunks_exact(2)
-            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        (8, _) if px.len() >= n => px[..n].iter().map(|b| f32::from(*b)).collect(),
-        _ => {
-            return Err(ImageError::Unsupported(
-                "pixel data must be 8 or 16 bits and as long as rows x columns",
-            ))
+    let (rows, cols) = dims(&file.dataset)?;
+    read(&file.dataset, file.encoding, rows, cols)
+}
+
+/// Reads one single-frame MR slice.
+pub fn slice(bytes: &[u8]) -> Result<Slice, ImageError> {
+    open(bytes, |ds, encoding, rows, cols| {
+        if num(ds, 0x0028, 0x0008, false).is_some_and(|f| f > 1.0) {
+            return Err(ImageError::Unsupported("multi-frame images are not read"));
         }
-    };
-    let acq = crate::acquisition::read(ds, file.encoding);
-    let position = nth(ds, 0x0020, 0x0032, 2)
-        .or_else(|| num(ds, 0x0020, 0x0013, false))
-        .unwrap_or(0.0);
-    Ok(Slice {
-        rows,
-        cols,
-        values: raw.into_iter().map(|v| v * slope + intercept).collect(),
-        b_value: acq.b_value,
-        position,
-        spacing: [
-            nth(ds, 0x0028, 0x0030, 0).unwrap_or(1.0),
-            nth(ds, 0x0028, 0x0030, 1).unwrap_or(1.0),
-        ],
-        sop_uid: dicom::text(ds, Tag(0x0008, 0x0018))
-            .unwrap_or("")
-            .to_string(),
+        let bits = num(ds, 0x0028, 0x0100, false).unwrap_or(16.0) as u32;
+        let signed = num(ds, 0x0028, 0x0103, false) == Some(1.0);
+        let slope = num(ds, 0x0028, 0x1053, false).unwrap_or(1.0) as f32;
+        let intercept = num(ds, 0x0028, 0x1052, false).unwrap_or(0.0) as f32;
+        let px = pixel_bytes(ds)?;
+        let n = rows * cols;
+        let raw: Vec<f32> = match (bits, signed) {
+            (16, false) if px.len() >= 2 * n => px[..2 * n]
+                .chunks_exact(2)
+                .map(|b| f32::from(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            (16, true) if px.len() >= 2 * n => px[..2 * n]
+                .chunks_exact(2)
+                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            (8, _) if px.len() >= n => px[..n].iter().map(|b| f32::from(*b)).collect(),
+            _ => {
+                return Err(ImageError::Unsupported(
+                    "pixel data must be 8 or 16 bits and as long as rows x columns",
+                ))
+            }
+        };
+        let acq = crate::acquisition::read(ds, encoding);
+        let position = nth(ds, 0x0020, 0x0032, 2)
+            .or_else(|| num(ds, 0x0020, 0x0013, false))
+            .unwrap_or(0.0);
+        Ok(Slice {
+            rows,
+            cols,
+            values: raw.into_iter().map(|v| v * slope + intercept).collect(),
+            b_value: acq.b_value,
+            position,
+            spacing: [
+                nth(ds, 0x0028, 0x0030, 0).unwrap_or(1.0),
+                nth(ds, 0x0028, 0x0030, 1).unwrap_or(1.0),
+            ],
+            sop_uid: dicom::text(ds, Tag(0x0008, 0x0018))
+                .unwrap_or("")
+                .to_string(),
+        })
     })
 }
 
 /// Reads a binary Segmentation's frames.
 pub fn segmentation(bytes: &[u8]) -> Result<Segmentation, ImageError> {
-    let inflated = dicom::inflate_if_needed(bytes)?;
-    let file = dicom::parse(bytes, inflated.as_ref())?;
-    if file.encoding == Encoding::ExplicitBe {
-        return Err(ImageError::Unsupported("big-endian pixel data is not read"));
-    }
-    let ds = &file.dataset;
-    let (rows, cols) = dims(ds, false)?;
-    if num(ds, 0x0028, 0x0100, false) != Some(1.0) {
-        return Err(ImageError::Unsupported(
-            "only BINARY segmentations (1 bit) are read",
-        ));
-    }
-    let frames = num(ds, 0x0028, 0x0008, false).unwrap_or(1.0) as usize;
-    let px = pixel_bytes(ds)?;
-    let n = rows * cols;
-    if frames == 0 || px.len() < (frames * n).div_ceil(8) {
-        return Err(ImageError::Unsupported(
-            "pixel data shorter than its frames",
-        ));
-    }
-    // Segment number -> gland / lesion, by code.
-    let mut kinds = std::collections::BTreeMap::new();
-    if let Some(Value::Seq(items)) = dicom::find(ds, Tag(0x0062, 0x0002)).map(|e| &e.value) {
-        for it in items {
-            let number = num(it, 0x0062, 0x0004, false).unwrap_or(0.0) as u32;
-            let kind = crate::acquisition::segments(&[Element {
-                tag: Tag(0x0062, 0x0002),
-                vr: VR::SQ,
-                value: Value::Seq(vec![it.clone()]),
-            }]);
-            kinds.insert(number, kind.first().cloned().unwrap_or_default());
+    open(bytes, |ds, _, rows, cols| {
+        if num(ds, 0x0028, 0x0100, false) != Some(1.0) {
+            return Err(ImageError::Unsupported(
+                "only BINARY segmentations (1 bit) are read",
+            ));
         }
-    }
-    let Some(Value::Seq(per_frame)) = dicom::find(ds, Tag(0x5200, 0x9230)).map(|e| &e.value) else {
-        return Err(ImageError::Unsupported("no per-frame functional groups"));
-    };
-    if per_frame.len() != frames {
-        return Err(ImageError::Unsupported(
-            "one functional group per frame expected",
-        ));
-    }
-    let mut out = Vec::with_capacity(frames);
-    for (f, group) in per_frame.iter().enumerate() {
-        let segment = item(group, 0x0062, 0x000A)
-            .and_then(|s| num(s, 0x0062, 0x000B, false))
-            .map(|n| n as u32)
-            .and_then(|n| kinds.get(&n).cloned())
-            .unwrap_or_default();
-        let source_uid = item(group, 0x0008, 0x9124)
-            .and_then(|d| item(d, 0x0008, 0x2112))
-            .and_then(|s| dicom::text(s, Tag(0x0008, 0x1155)))
-            .unwrap_or("")
-            .to_string();
-        let on = (0..n)
-            .map(|i| {
-                let bit = f * n + i;
-                px[bit / 8] >> (bit % 8) & 1 == 1
-            })
-            .collect();
-        out.push(SegFrame {
-            segment,
-            source_uid,
-            on,
-        });
-    }
-    Ok(Segmentation {
-        rows,
-        cols,
-        frames: out,
+        let frames = num(ds, 0x0028, 0x0008, false).unwrap_or(1.0) as usize;
+        let px = pixel_bytes(ds)?;
+        let n = rows * cols;
+        if frames == 0 || px.len() < (frames * n).div_ceil(8) {
+            return Err(ImageError::Unsupported(
+                "pixel data shorter than its frames",
+            ));
+        }
+        // Segment number -> gland / lesion, by code.
+        let mut kinds = std::collections::BTreeMap::new();
+        if let Some(Value::Seq(items)) = dicom::find(ds, Tag(0x0062, 0x0002)).map(|e| &e.value) {
+            for it in items {
+                let number = num(it, 0x0062, 0x0004, false).unwrap_or(0.0) as u32;
+                let kind = crate::acquisition::segments(&[Element {
+                    tag: Tag(0x0062, 0x0002),
+                    vr: VR::SQ,
+                    value: Value::Seq(vec![it.clone()]),
+                }]);
+                kinds.insert(number, kind.first().cloned().unwrap_or_default());
+            }
+        }
+        let Some(Value::Seq(per_frame)) = dicom::find(ds, Tag(0x5200, 0x9230)).map(|e| &e.value)
+        else {
+            return Err(ImageError::Unsupported("no per-frame functional groups"));
+        };
+        if per_frame.len() != frames {
+            return Err(ImageError::Unsupported(
+                "one functional group per frame expected",
+            ));
+        }
+        let mut out = Vec::with_capacity(frames);
+        for (f, group) in per_frame.iter().enumerate() {
+            let segment = item(group, 0x0062, 0x000A)
+                .and_then(|s| num(s, 0x0062, 0x000B, false))
+                .map(|n| n as u32)
+                .and_then(|n| kinds.get(&n).cloned())
+                .unwrap_or_default();
+            let source_uid = item(group, 0x0008, 0x9124)
+                .and_then(|d| item(d, 0x0008, 0x2112))
+                .and_then(|s| dicom::text(s, Tag(0x0008, 0x1155)))
+                .unwrap_or("")
+                .to_string();
+            let on = (0..n)
+                .map(|i| {
+                    let bit = f * n + i;
+                    px[bit / 8] >> (bit % 8) & 1 == 1
+                })
+                .collect();
+            out.push(SegFrame {
+                segment,
+                source_uid,
+                on,
+            });
+        }
+        Ok(Segmentation {
+            rows,
+            cols,
+            frames: out,
+        })
     })
 }

@@ -410,3 +410,15 @@ pub fn served_corpus(dir: &Path, patients: usize) -> Server {
     }
     start(&data)
 }
+
+/// A command's JSON answer; fails the test, with its output, when it did not succeed.
+pub fn ok_json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&o.stdout)))
+}
