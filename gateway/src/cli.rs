@@ -276,6 +276,7 @@ pub async fn ingest(
     let site = SiteId::new(site)?;
     let v = Vault::open(cfg).await?;
     let log = open_log(cfg).await?;
+    crate::record::attach(&v, &log);
     let start = Instant::now();
     let t = ingest_tree(&v, &log, &site, input, jobs, true).await?;
     let mut clinical_count = 0;
@@ -350,6 +351,7 @@ pub async fn demo(cfg: &VaultConfig, patients: usize, sites: usize) -> Result<()
     site_dirs.sort();
     let v = Vault::open(cfg).await?;
     let log = open_log(cfg).await?;
+    crate::record::attach(&v, &log);
     let start = Instant::now();
     let mut all = Totals::default();
     for dir in &site_dirs {

@@ -809,6 +809,7 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
             .context("the audit log")?;
+            record::attach(&vault, &audit);
             // The policy decides every call; a decider that would not enforce stops here.
             let policy = governance::open(&cfg.database_url(), Some(write_lock), &audit)
                 .await

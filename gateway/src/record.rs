@@ -112,6 +112,54 @@ pub fn event(
     }
 }
 
+/// The events of one contributed instance, appended by the catalogue's batch hook (see
+/// [`attach`]) in the transaction that commits its row.
+struct InstanceEvents {
+    /// The request's own event, when this instance carries it.
+    request: Option<NewEvent>,
+    /// Its event when the row is new.
+    stored: NewEvent,
+    /// Its event when the same instance was already stored.
+    again: NewEvent,
+    /// Where the hook puts the events as written (numbered and hashed).
+    written: Arc<Mutex<Vec<audit::Event>>>,
+}
+
+/// Makes `log` record contributed instances in the vault's catalogue transactions: each
+/// group commit appends the events of all its rows in one append (one read of the tree's
+/// frontier, one multi-row insert), where an append per row would cost several database
+/// round trips each. Call once per vault before [`ingest`]; without it, an ingest fails
+/// (its row is not committed).
+pub fn attach(vault: &Vault, log: &AuditLog) {
+    let log = log.clone();
+    vault.catalog().set_batch_hook(Arc::new(move |conn, works| {
+        let log = log.clone();
+        Box::pin(async move {
+            let mut all = Vec::with_capacity(works.len() * 2);
+            let mut spans = Vec::with_capacity(works.len());
+            for (work, fresh) in works {
+                let w = work.downcast::<InstanceEvents>().map_err(|_| {
+                    "the catalogue's transaction carries work of an unknown kind".to_string()
+                })?;
+                let start = all.len();
+                all.extend(w.request);
+                all.push(if fresh { w.stored } else { w.again });
+                spans.push((w.written, start, all.len()));
+            }
+            let written = log
+                .append_within(conn, all)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (slot, a, b) in spans {
+                if let Some(evs) = written.get(a..b) {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = evs.to_vec();
+                }
+            }
+            Ok(())
+        })
+    }));
+}
+
 /// Why a recorded ingest did not happen at all.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -170,27 +218,15 @@ pub async fn ingest(
             // unreferenced ciphertext.)
             let resource = format!("{}/{}/{}", r.row.pseudonym, r.row.study_uid, r.row.sop_uid);
             let slot: Arc<Mutex<Vec<audit::Event>>> = Arc::default();
-            let (log2, slot2) = (log.clone(), slot.clone());
-            let (stored, again) = (
-                ev(&resource, "allow", "stored"),
-                ev(&resource, "allow", "already stored (same instance)"),
-            );
             // The request's own event rides in the same transaction, if still unwritten.
             let request_event = deferred.and_then(DeferredEvent::take);
-            let carried = request_event.clone();
-            let hook: vault::catalog::InTx = Box::new(move |conn, fresh| {
-                Box::pin(async move {
-                    let mut evs: Vec<NewEvent> = carried.into_iter().collect();
-                    evs.push(if fresh { stored } else { again });
-                    let written = log2
-                        .append_within(conn, evs)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    *slot2.lock().unwrap_or_else(|p| p.into_inner()) = written;
-                    Ok(())
-                })
-            });
-            let result = vault.commit_with(*r, Some(hook)).await;
+            let work = InstanceEvents {
+                request: request_event.clone(),
+                stored: ev(&resource, "allow", "stored"),
+                again: ev(&resource, "allow", "already stored (same instance)"),
+                written: slot.clone(),
+            };
+            let result = vault.commit_with(*r, Some(Box::new(work))).await;
             let written = std::mem::take(&mut *slot.lock().unwrap_or_else(|p| p.into_inner()));
             let recorded = written.last().cloned();
             match (result, recorded) {

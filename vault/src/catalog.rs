@@ -86,27 +86,49 @@ pub struct Catalog {
     pool: AnyPool,
     engine: Engine,
     batcher: tokio::sync::mpsc::Sender<Pending>,
+    hook: HookSlot,
 }
 
-/// Work run inside the transaction that commits an instance row, given the connection and
-/// whether the row is new. When it fails, the transaction (every row of the group) rolls
-/// back. The gateway records the row's audit event here, so that the row and its event
-/// commit together or neither does.
-pub type InTx = Box<
-    dyn for<'c> FnOnce(
+/// What an ingest asks the group commit to do inside the transaction that commits its
+/// row. Opaque to the catalogue: the [`BatchHook`] knows what it is.
+pub type TxWork = Box<dyn std::any::Any + Send>;
+
+/// Work run once inside each group-commit transaction, given the [`TxWork`] of every row
+/// of the batch that carried some, with whether that row is new. When it fails, the
+/// transaction (every row of the batch) rolls back. The gateway records the rows' audit
+/// events here, all in one append, so that each row and its event commit together or
+/// neither does, and a batch of rows costs one append, not one per row.
+pub type BatchHook = std::sync::Arc<
+    dyn for<'c> Fn(
             &'c mut sqlx::AnyConnection,
-            bool,
+            Vec<(TxWork, bool)>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'c>,
-        > + Send,
+        > + Send
+        + Sync,
 >;
+
+/// The hook of a catalogue, set once, read by its group-commit task.
+#[derive(Clone, Default)]
+struct HookSlot(std::sync::Arc<std::sync::OnceLock<BatchHook>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = if self.0.get().is_some() {
+            "set"
+        } else {
+            "unset"
+        };
+        write!(f, "BatchHook({set})")
+    }
+}
 
 /// An instance row waiting for the group commit, its work in the transaction, and the
 /// channel its caller waits on.
 type Pending = (
     InstanceRow,
     Option<Acquisition>,
-    Option<InTx>,
+    Option<TxWork>,
     tokio::sync::oneshot::Sender<Result<bool, String>>,
 );
 
@@ -125,6 +147,7 @@ async fn group_commit(
     pool: AnyPool,
     mut rx: tokio::sync::mpsc::Receiver<Pending>,
     lock: Option<WriteLock>,
+    hook: HookSlot,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -136,10 +159,10 @@ async fn group_commit(
         }
         let mut replies = Vec::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
-        let mut hooks = Vec::with_capacity(batch.len());
-        for (row, acq, hook, reply) in batch {
+        let mut works = Vec::with_capacity(batch.len());
+        for (row, acq, work, reply) in batch {
             rows.push((row, acq));
-            hooks.push(hook);
+            works.push(work);
             replies.push(reply);
         }
         let _held = match &lock {
@@ -188,10 +211,16 @@ async fn group_commit(
             if fresh.iter().any(|f| *f) {
                 bump_version(&mut tx).await.map_err(|e| e.to_string())?;
             }
-            for (hook, f) in hooks.into_iter().zip(fresh.iter().copied()) {
-                if let Some(hook) = hook {
-                    hook(&mut tx, f).await?;
-                }
+            let works: Vec<(TxWork, bool)> = works
+                .into_iter()
+                .zip(fresh.iter().copied())
+                .filter_map(|(w, f)| Some((w?, f)))
+                .collect();
+            if !works.is_empty() {
+                let hook = hook.0.get().ok_or(
+                    "rows carry work for the commit but the catalogue has no batch hook set",
+                )?;
+                hook(&mut tx, works).await?;
             }
             tx.commit().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(fresh)
@@ -619,11 +648,13 @@ impl Catalog {
         }
         let pool = pool_opts.connect_with(opts).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(group_commit(pool.clone(), rx, lock));
+        let hook = HookSlot::default();
+        tokio::spawn(group_commit(pool.clone(), rx, lock, hook.clone()));
         let c = Catalog {
             pool,
             engine,
             batcher: tx,
+            hook,
         };
         c.migrate().await?;
         Ok(c)
@@ -773,18 +804,24 @@ impl Catalog {
         self.insert_instance_with(r, None, None).await
     }
 
+    /// Sets the work run inside every group-commit transaction whose rows carry
+    /// [`TxWork`]. Set once; returns false (and changes nothing) when a hook is already set.
+    pub fn set_batch_hook(&self, hook: BatchHook) -> bool {
+        self.hook.0.set(hook).is_ok()
+    }
+
     /// Like [`Catalog::insert_instance`], also adding the instance to its series' facts
-    /// (`acquisition`), and running `in_tx` inside the committing transaction: the row
-    /// commits only if it succeeds.
+    /// (`acquisition`), and handing `work` to the [`BatchHook`] inside the committing
+    /// transaction: the row commits only if the hook succeeds.
     pub async fn insert_instance_with(
         &self,
         r: &InstanceRow,
         acquisition: Option<Acquisition>,
-        in_tx: Option<InTx>,
+        work: Option<TxWork>,
     ) -> Result<bool, CatalogError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
         self.batcher
-            .send((r.clone(), acquisition, in_tx, reply))
+            .send((r.clone(), acquisition, work, reply))
             .await
             .map_err(|_| CatalogError::Commit("the group-commit writer has stopped".into()))?;
         wait.await

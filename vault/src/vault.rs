@@ -495,14 +495,15 @@ impl Vault {
         self.commit_with(r, None).await
     }
 
-    /// Like [`Vault::commit`], running `in_tx` inside the transaction that commits the
-    /// catalogue row (see [`crate::catalog::InTx`]): the row is committed only if it
-    /// succeeds. The blob is made durable first; a blob whose row never commits is an
-    /// unreferenced ciphertext, rewritten by the next upload of the same instance.
+    /// Like [`Vault::commit`], handing `work` to the catalogue's batch hook inside the
+    /// transaction that commits the row (see [`crate::catalog::BatchHook`]): the row is
+    /// committed only if the hook succeeds. The blob is made durable first; a blob whose
+    /// row never commits is an unreferenced ciphertext, rewritten by the next upload of
+    /// the same instance.
     pub async fn commit_with(
         &self,
         r: ReadyInstance,
-        in_tx: Option<crate::catalog::InTx>,
+        work: Option<crate::catalog::TxWork>,
     ) -> Result<Ingested, VaultError> {
         let ReadyInstance {
             row,
@@ -513,7 +514,7 @@ impl Vault {
         self.store.put(&row.object_id, blob).await?;
         let fresh = self
             .catalog
-            .insert_instance_with(&row, Some(acquisition), in_tx)
+            .insert_instance_with(&row, Some(acquisition), work)
             .await?;
         Ok(Ingested::Stored {
             object_id: row.object_id,
