@@ -199,14 +199,17 @@ impl AuditLog {
         let opts = AnyConnectOptions::from_str(url)?;
         let mut pool_opts = AnyPoolOptions::new().max_connections(4);
         if engine == Engine::Sqlite {
-            pool_opts = pool_opts.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    Ok(())
-                })
-            });
+            // An in-process SQLite connection cannot go stale: no ping before each use.
+            pool_opts = pool_opts
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        Ok(())
+                    })
+                });
         }
         let pool = pool_opts.connect_with(opts).await?;
         migrate(&pool, engine).await?;
@@ -830,8 +833,10 @@ const EVENT_COLUMNS: &str =
     "seq, time_ms, role, site, name, serial, action, resource, decision, request_id, entry";
 const HASH_COLUMNS: &str = "idx, hash";
 
+/// Rows in the next multi-row INSERT: all that are left, up to 64. One statement (one
+/// round trip to the database) per 64 rows; each row count is its own prepared statement.
 fn chunk_len(left: usize) -> usize {
-    [64, 16, 4, 1].into_iter().find(|k| *k <= left).unwrap_or(1)
+    left.clamp(1, 64)
 }
 
 /// `INSERT INTO table (columns) VALUES ($1, ...), ...` for `rows` rows; built once per
@@ -849,7 +854,7 @@ fn insert_sql(table: &'static str, columns: &'static str, rows: usize) -> &'stat
                 format!("({})", marks.join(","))
             })
             .collect();
-        // Leaked once per shape: at most eight small strings for the process's life.
+        // Leaked once per shape: at most 128 small strings for the process's life.
         Box::leak(
             format!(
                 "INSERT INTO {table} ({columns}) VALUES {}",
@@ -966,8 +971,7 @@ async fn write_locked(
         }
         entries.push(String::from_utf8(entry).unwrap_or_default());
     }
-    // Rows go in multi-row INSERTs of a few fixed shapes (64, 16, 4, 1 rows), so the
-    // database's prepared statements are reused batch after batch.
+    // Rows go in multi-row INSERTs of up to 64 rows, one round trip each.
     let mut at = 0;
     while at < events.len() {
         let k = chunk_len(events.len() - at);

@@ -492,14 +492,17 @@ impl PolicyStore {
         let opts = AnyConnectOptions::from_str(url).map_err(db)?;
         let mut pool_opts = AnyPoolOptions::new().max_connections(4);
         if engine == Engine::Sqlite {
-            pool_opts = pool_opts.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    Ok(())
-                })
-            });
+            // An in-process SQLite connection cannot go stale: no ping before each use.
+            pool_opts = pool_opts
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        Ok(())
+                    })
+                });
         }
         let pool = pool_opts.connect_with(opts).await.map_err(db)?;
         migrate(&pool, engine).await.map_err(db)?;

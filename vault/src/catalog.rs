@@ -171,14 +171,13 @@ async fn group_commit(
         };
         let result = async {
             let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-            let mut fresh = Vec::with_capacity(rows.len());
+            let fresh = insert_instance_rows(&mut tx, &rows)
+                .await
+                .map_err(|e| e.to_string())?;
             // The batch's new instances, by series: one summary update per series.
             let mut by_series: std::collections::BTreeMap<&str, SeriesBatch<'_>> =
                 Default::default();
-            for (row, acq) in &rows {
-                let f = insert_instance_row(&mut *tx, row)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            for ((row, acq), f) in rows.iter().zip(fresh.iter().copied()) {
                 // A series' facts count each instance once: a repeated upload adds
                 // nothing.
                 if f {
@@ -203,11 +202,11 @@ async fn group_commit(
                         }
                     }
                 }
-                fresh.push(f);
             }
-            for b in by_series.values() {
-                upsert_series(&mut tx, b).await.map_err(|e| e.to_string())?;
-            }
+            let series: Vec<&SeriesBatch<'_>> = by_series.values().collect();
+            upsert_series(&mut tx, &series)
+                .await
+                .map_err(|e| e.to_string())?;
             if fresh.iter().any(|f| *f) {
                 bump_version(&mut tx).await.map_err(|e| e.to_string())?;
             }
@@ -241,34 +240,70 @@ async fn group_commit(
     }
 }
 
-async fn insert_instance_row<'c, E>(conn: E, r: &InstanceRow) -> Result<bool, sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
-{
-    let res = sqlx::query(&format!(
-        "INSERT INTO instances ({INSTANCE_COLUMNS}, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         ON CONFLICT DO NOTHING"
-    ))
-    .bind(&r.object_id)
-    .bind(&r.pseudonym)
-    .bind(&r.site)
-    .bind(&r.study_uid)
-    .bind(&r.series_uid)
-    .bind(&r.sop_uid)
-    .bind(&r.sop_class)
-    .bind(&r.modality)
-    .bind(&r.manufacturer)
-    .bind(&r.series_description)
-    .bind(&r.study_date)
-    .bind(&r.transfer_syntax)
-    .bind(r.size)
-    .bind(&r.sha256)
-    .bind(r.key_version as i64)
-    .bind(now())
-    .execute(conn)
-    .await?;
-    Ok(res.rows_affected() == 1)
+/// Rows in the next multi-row statement: all that are left, up to 64. A statement is a
+/// round trip to the database; each row count is its own prepared statement.
+fn chunk_len(left: usize) -> usize {
+    left.clamp(1, 64)
+}
+
+/// `($1, ..., $cols), (...)`: `rows` rows of placeholders.
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let marks: Vec<String> = (1..=cols).map(|i| format!("${}", r * cols + i)).collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts a batch's instance rows in a few multi-row statements (one round trip to the
+/// database each, where a statement per row would cost one per row). Returns, per row,
+/// whether it is new: false when the same instance was already stored, or came earlier
+/// in the same batch.
+async fn insert_instance_rows(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[(InstanceRow, Option<Acquisition>)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut inserted = std::collections::HashSet::new();
+    let mut at = 0;
+    while at < rows.len() {
+        let k = chunk_len(rows.len() - at);
+        let sql = format!(
+            "INSERT INTO instances ({INSTANCE_COLUMNS}, created_at) VALUES {}
+             ON CONFLICT DO NOTHING RETURNING object_id",
+            placeholders(k, 16)
+        );
+        let mut q = sqlx::query(&sql);
+        for (r, _) in &rows[at..at + k] {
+            q = q
+                .bind(&r.object_id)
+                .bind(&r.pseudonym)
+                .bind(&r.site)
+                .bind(&r.study_uid)
+                .bind(&r.series_uid)
+                .bind(&r.sop_uid)
+                .bind(&r.sop_class)
+                .bind(&r.modality)
+                .bind(&r.manufacturer)
+                .bind(&r.series_description)
+                .bind(&r.study_date)
+                .bind(&r.transfer_syntax)
+                .bind(r.size)
+                .bind(&r.sha256)
+                .bind(r.key_version as i64)
+                .bind(now());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            inserted.insert(row.try_get::<String, _>(0)?);
+        }
+        at += k;
+    }
+    // Taking the ID out of the set makes a second copy in the same batch not new.
+    Ok(rows
+        .iter()
+        .map(|(r, _)| inserted.remove(&r.object_id))
+        .collect())
 }
 
 /// Counts a change to what the catalogue holds (instances added, a patient withdrawn), so
@@ -293,50 +328,69 @@ struct SeriesBatch<'a> {
 }
 
 /// Adds a batch's instances to their series' facts (the catalogue's summary: one row per
-/// series, its distinct b-values beside it).
+/// series, its distinct b-values beside it), in multi-row statements. `series` holds each
+/// series once.
 async fn upsert_series(
     conn: &mut sqlx::AnyConnection,
-    b: &SeriesBatch<'_>,
+    series: &[&SeriesBatch<'_>],
 ) -> Result<(), sqlx::Error> {
-    let (r, a) = (b.row, b.acq);
-    sqlx::query(
-        "INSERT INTO series_facts (series_uid, pseudonym, site, study_uid, study_date, modality, sop_class,
-            manufacturer, model, series_description, image_type, scanning_sequence, echo_time_ms,
-            field_strength_t, temporal_positions, segments, instances, first_received)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-         ON CONFLICT (series_uid) DO UPDATE SET
-            instances = series_facts.instances + excluded.instances,
-            temporal_positions = CASE WHEN excluded.temporal_positions > series_facts.temporal_positions
-                THEN excluded.temporal_positions ELSE series_facts.temporal_positions END",
-    )
-    .bind(&r.series_uid)
-    .bind(&r.pseudonym)
-    .bind(&r.site)
-    .bind(&r.study_uid)
-    .bind(&r.study_date)
-    .bind(&r.modality)
-    .bind(&r.sop_class)
-    .bind(&r.manufacturer)
-    .bind(&a.model)
-    .bind(&r.series_description)
-    .bind(&a.image_type)
-    .bind(&a.scanning_sequence)
-    .bind(a.echo_time_ms)
-    .bind(a.field_strength_t)
-    .bind(b.temporal)
-    .bind(a.segments.join(","))
-    .bind(b.instances)
-    .bind(now())
-    .execute(&mut *conn)
-    .await?;
-    for v in &b.b_values {
-        sqlx::query(
-            "INSERT INTO series_b_values (series_uid, b_value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(&r.series_uid)
-        .bind(*v)
-        .execute(&mut *conn)
-        .await?;
+    let mut at = 0;
+    while at < series.len() {
+        let k = chunk_len(series.len() - at);
+        let sql = format!(
+            "INSERT INTO series_facts (series_uid, pseudonym, site, study_uid, study_date, modality, sop_class,
+                manufacturer, model, series_description, image_type, scanning_sequence, echo_time_ms,
+                field_strength_t, temporal_positions, segments, instances, first_received)
+             VALUES {}
+             ON CONFLICT (series_uid) DO UPDATE SET
+                instances = series_facts.instances + excluded.instances,
+                temporal_positions = CASE WHEN excluded.temporal_positions > series_facts.temporal_positions
+                    THEN excluded.temporal_positions ELSE series_facts.temporal_positions END",
+            placeholders(k, 18)
+        );
+        let mut q = sqlx::query(&sql);
+        for b in &series[at..at + k] {
+            let (r, a) = (b.row, b.acq);
+            q = q
+                .bind(&r.series_uid)
+                .bind(&r.pseudonym)
+                .bind(&r.site)
+                .bind(&r.study_uid)
+                .bind(&r.study_date)
+                .bind(&r.modality)
+                .bind(&r.sop_class)
+                .bind(&r.manufacturer)
+                .bind(&a.model)
+                .bind(&r.series_description)
+                .bind(&a.image_type)
+                .bind(&a.scanning_sequence)
+                .bind(a.echo_time_ms)
+                .bind(a.field_strength_t)
+                .bind(b.temporal)
+                .bind(a.segments.join(","))
+                .bind(b.instances)
+                .bind(now());
+        }
+        q.execute(&mut *conn).await?;
+        at += k;
+    }
+    let b_values: Vec<(&str, f64)> = series
+        .iter()
+        .flat_map(|b| b.b_values.iter().map(|v| (b.row.series_uid.as_str(), *v)))
+        .collect();
+    let mut at = 0;
+    while at < b_values.len() {
+        let k = chunk_len(b_values.len() - at);
+        let sql = format!(
+            "INSERT INTO series_b_values (series_uid, b_value) VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(k, 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (uid, v) in &b_values[at..at + k] {
+            q = q.bind(*uid).bind(*v);
+        }
+        q.execute(&mut *conn).await?;
+        at += k;
     }
     Ok(())
 }
@@ -635,21 +689,38 @@ impl Catalog {
         let mut pool_opts =
             AnyPoolOptions::new().max_connections(if engine == Engine::Sqlite { 4 } else { 8 });
         if engine == Engine::Sqlite {
-            pool_opts = pool_opts.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA secure_delete = ON").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
-                })
-            });
+            // An in-process SQLite connection cannot go stale: no ping before each use.
+            pool_opts = pool_opts
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA secure_delete = ON").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        Ok(())
+                    })
+                });
         }
         let pool = pool_opts.connect_with(opts).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
         let hook = HookSlot::default();
-        tokio::spawn(group_commit(pool.clone(), rx, lock, hook.clone()));
+        // The group commit runs on its own thread and runtime: each of its statements is
+        // a round trip to the database's connection, and the reply wakes this thread
+        // directly instead of queueing behind the CPU-heavy tasks (de-identification,
+        // encryption, TLS) on the shared runtime's workers.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CatalogError::Commit(format!("cannot start the group commit: {e}")))?;
+        std::thread::Builder::new()
+            .name("hbs-catalog-commit".into())
+            .spawn({
+                let (pool, hook) = (pool.clone(), hook.clone());
+                move || runtime.block_on(group_commit(pool, rx, lock, hook))
+            })
+            .map_err(|e| CatalogError::Commit(format!("cannot start the group commit: {e}")))?;
         let c = Catalog {
             pool,
             engine,
@@ -1122,4 +1193,61 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: usize) -> InstanceRow {
+        InstanceRow {
+            object_id: format!("P1/{i}"),
+            pseudonym: "P1".into(),
+            site: "SITE_A".into(),
+            study_uid: "2.25.1".into(),
+            series_uid: "2.25.2".into(),
+            sop_uid: format!("2.25.3.{i}"),
+            sop_class: "1.2.840.10008.5.1.4.1.1.4".into(),
+            modality: "MR".into(),
+            manufacturer: "SIEMENS".into(),
+            series_description: "t2_tse_tra".into(),
+            study_date: "20200101".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            size: 1,
+            sha256: "00".into(),
+            key_version: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_spans_several_statements_and_stores_each_instance_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let cat = Catalog::connect(&url).await.unwrap();
+        let key = PatientKey {
+            wrapped: vec![1],
+            kek_version: 1,
+            key_version: 1,
+        };
+        cat.insert_patient_key("P1", "SITE_A", &key).await.unwrap();
+        assert!(cat.insert_instance(&row(10)).await.unwrap());
+        // 150 rows, more than one statement holds; rows 7 and 149 are copies of row 3,
+        // and row 10 is already stored.
+        let mut rows: Vec<(InstanceRow, Option<Acquisition>)> =
+            (0..150).map(|i| (row(i), None)).collect();
+        rows[7].0 = row(3);
+        rows[149].0 = row(3);
+        let mut conn = cat.pool.acquire().await.unwrap();
+        let fresh = insert_instance_rows(&mut conn, &rows).await.unwrap();
+        assert_eq!(fresh.len(), 150);
+        for (i, f) in fresh.iter().enumerate() {
+            assert_eq!(*f, ![7, 10, 149].contains(&i), "row {i}");
+        }
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM instances")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 148, "150 rows, two copies");
+    }
 }
