@@ -396,14 +396,20 @@ impl AuditLog {
         Ok(l)
     }
 
-    /// A tree head of every event recorded so far, signed now but not stored, and the
-    /// inclusion proofs of `seqs` against it, from one read of the stored hashes (for a
-    /// receipt).
+    /// A tree head signed now but not stored, and the inclusion proofs of `seqs` against
+    /// it, from one read of the stored hashes (for a receipt). The tree holds every event
+    /// this process has seen committed ([`AuditLog::size`], no database read), so at
+    /// least the events `seqs` it appended; events other processes appended since are
+    /// left to the next head.
     pub async fn signed_head_with_proofs(
         &self,
         seqs: &[u64],
     ) -> Result<(u64, String, Vec<Vec<Hash>>), AuditError> {
-        let size = self.refresh_size().await?;
+        let covering = seqs.iter().max().map_or(0, |s| s + 1);
+        let size = match self.size() {
+            s if s >= covering && s > 0 => s,
+            _ => self.refresh_size().await?,
+        };
         let (root, proofs) = self.root_and_proofs(size, seqs).await?;
         let note = self
             .inner

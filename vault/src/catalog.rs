@@ -348,7 +348,12 @@ async fn upsert_series(
                     THEN excluded.temporal_positions ELSE series_facts.temporal_positions END",
             placeholders(k, 18)
         );
-        let mut q = sqlx::query(&sql);
+        // Not kept prepared on PostgreSQL: sqlx 0.8 declares an absent f64 as float4, so a
+        // statement prepared when a row had no echo time would later misread one row's
+        // float8 ("incorrect binary data format"). Parsed afresh, each execution declares
+        // its own types.
+        let keep = conn.backend_name() != "PostgreSQL";
+        let mut q = sqlx::query(&sql).persistent(keep);
         for b in &series[at..at + k] {
             let (r, a) = (b.row, b.acq);
             q = q
@@ -707,20 +712,24 @@ impl Catalog {
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_BATCH * 4);
         let hook = HookSlot::default();
         // The group commit runs on its own thread and runtime: each of its statements is
-        // a round trip to the database's connection, and the reply wakes this thread
-        // directly instead of queueing behind the CPU-heavy tasks (de-identification,
-        // encryption, TLS) on the shared runtime's workers.
+        // a round trip to the database, and the reply wakes this thread directly instead
+        // of queueing behind the CPU-heavy tasks (de-identification, encryption, TLS) on
+        // the shared runtime's workers. (Its own connection, opened on that runtime, made
+        // the slowest commits slower in the STOW-RS benchmark: it shares the pool.)
+        let fail = |e: &dyn std::fmt::Display| {
+            CatalogError::Commit(format!("cannot start the group commit: {e}"))
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| CatalogError::Commit(format!("cannot start the group commit: {e}")))?;
+            .map_err(|e| fail(&e))?;
         std::thread::Builder::new()
             .name("hbs-catalog-commit".into())
             .spawn({
                 let (pool, hook) = (pool.clone(), hook.clone());
                 move || runtime.block_on(group_commit(pool, rx, lock, hook))
             })
-            .map_err(|e| CatalogError::Commit(format!("cannot start the group commit: {e}")))?;
+            .map_err(|e| fail(&e))?;
         let c = Catalog {
             pool,
             engine,

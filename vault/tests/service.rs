@@ -499,3 +499,98 @@ async fn series_facts_are_kept_per_series_on_every_database() {
         assert!(after.len() < series.len());
     }
 }
+
+/// One instance row of series `series` (its own SOP instance), for the catalogue alone.
+fn series_row(series: usize) -> vault::catalog::InstanceRow {
+    vault::catalog::InstanceRow {
+        object_id: format!("PN-1/{series}"),
+        pseudonym: "PN-1".into(),
+        site: "SITE_A".into(),
+        study_uid: "2.25.1".into(),
+        series_uid: format!("2.25.2.{series}"),
+        sop_uid: format!("2.25.3.{series}"),
+        sop_class: "1.2.840.10008.5.1.4.1.1.4".into(),
+        modality: "MR".into(),
+        manufacturer: "SIEMENS".into(),
+        series_description: "t2_tse_tra".into(),
+        study_date: "20200101".into(),
+        transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        size: 1,
+        sha256: "00".into(),
+        key_version: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_with_and_without_echo_times_share_group_commits_on_every_database() {
+    // A group commit writes its series in one multi-row statement. A statement once run
+    // with a series that has no echo time (a segmentation) must still take one that has
+    // an echo time in the same place later: sqlx declares an absent f64 as float4, which
+    // PostgreSQL keeps for a prepared statement.
+    use vault::acquisition::Acquisition;
+    use vault::catalog::{Catalog, PatientKey, WriteLock};
+    let root = tempfile::tempdir().unwrap();
+    for db in common::databases("series_echo", root.path()).await {
+        let url = db
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", root.path().join("c.db").display()));
+        let lock = WriteLock::default();
+        let cat = Catalog::connect_with(&url, Some(lock.clone()))
+            .await
+            .unwrap();
+        let key = PatientKey {
+            wrapped: vec![1],
+            kek_version: 1,
+            key_version: 1,
+        };
+        cat.insert_patient_key("PN-1", "SITE_A", &key)
+            .await
+            .unwrap();
+        let acq = |echo: Option<f64>| Acquisition {
+            echo_time_ms: echo,
+            field_strength_t: echo.map(|_| 3.0),
+            ..Default::default()
+        };
+        // Two batches of two series after a lone one: holding the write lock while the
+        // rows queue makes them commit together.
+        for (first, second, echoes) in [(1, 2, [Some(90.0), None]), (4, 5, [Some(80.0), Some(2.5)])]
+        {
+            let held = lock.lock().await;
+            let lone = {
+                let cat = cat.clone();
+                tokio::spawn(async move {
+                    cat.insert_instance_with(&series_row(first * 10), None, None)
+                        .await
+                })
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut both = Vec::new();
+            for (s, echo) in [first, second].into_iter().zip(echoes) {
+                let cat = cat.clone();
+                both.push(tokio::spawn(async move {
+                    cat.insert_instance_with(&series_row(s), Some(acq(echo)), None)
+                        .await
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(held);
+            assert!(lone.await.unwrap().unwrap());
+            for t in both {
+                assert!(t.await.unwrap().unwrap(), "{url}");
+            }
+        }
+        let series = cat.series().await.unwrap();
+        let echo = |uid: &str| {
+            series
+                .iter()
+                .find(|s| s.series_uid == uid)
+                .map(|s| s.acquisition.echo_time_ms)
+        };
+        assert_eq!(echo("2.25.2.2"), Some(None));
+        assert_eq!(echo("2.25.2.5"), Some(Some(2.5)));
+        drop(cat);
+        if let Some(url) = db {
+            common::drop_pg(&url).await;
+        }
+    }
+}
