@@ -127,8 +127,8 @@ pub async fn stow_only(patients: usize, slices: usize, work: &Path, shape: &str)
     .await?;
     for r in runs {
         println!(
-            "{} clients x {} per request: {:.0} instances/s, p50 {:.1} ms, p99 {:.1} ms",
-            r.clients, r.per_request, r.per_s, r.p50, r.p99
+            "{} clients x {} per request: {:.0} instances/s, p50 {:.1} ms, p99 {:.1} ms {}",
+            r.clients, r.per_request, r.per_s, r.p50, r.p99, r.note
         );
     }
     Ok(())
@@ -523,18 +523,19 @@ pub async fn run(
         100.0 * rows[2].per_s() / bound
     ));
     md.push_str(&format!(
-        "\n## STOW-RS over mTLS (the full path behind the gateway)\n\nEach client keeps one TLS 1.3 connection with a data-provider certificate and stores 1, 4 or 16 instances per request (16 is what `hbs contribute` sends by default; Python's dicomweb-client sends all the instances it is given in one request); the gateway runs as its own process on this machine and answers each request only once every instance in it is durable and recorded in the audit log (the request's event and each instance's event commit with the catalogue rows). Latency is that of the request carrying the instance. Offline full path in the same run: {:.0} instances/s.\n\n| clients | instances per request | instances/s | % of offline | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
+        "\n## STOW-RS over mTLS (the full path behind the gateway)\n\nEach client keeps one TLS 1.3 connection with a data-provider certificate and stores 1, 4 or 16 instances per request (16 is what `hbs contribute` sends by default; Python's dicomweb-client sends all the instances it is given in one request); the gateway runs as its own process on this machine and answers each request only once every instance in it is durable and recorded in the audit log (the request's event and each instance's event commit with the catalogue rows). Latency is that of the request carrying the instance. Offline full path in the same run: {:.0} instances/s. The rows at 8 clients, where the target is set, are each the median of 3 runs (by throughput; its latencies beside it), as the offline figures are.\n\n| clients | instances per request | instances/s | % of offline | p50 ms | p99 ms | notes |\n|---:|---:|---:|---:|---:|---:|---|\n",
         rows[2].per_s()
     ));
     for r in &stow_runs {
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0}% | {:.1} | {:.1} |\n",
+            "| {} | {} | {:.0} | {:.0}% | {:.1} | {:.1} | {} |\n",
             r.clients,
             r.per_request,
             r.per_s,
             100.0 * r.per_s / rows[2].per_s(),
             r.p50,
-            r.p99
+            r.p99,
+            r.note
         ));
     }
     md.push_str("\nTargets: 70% or more of the offline throughput at 8 clients; p99 under 100 ms per instance.\n");
@@ -579,11 +580,16 @@ pub struct StowRun {
     per_s: f64,
     p50: f64,
     p99: f64,
+    /// How the figure was taken, when not a single run.
+    note: String,
 }
 
 /// Starts `hbs serve` on a fresh data folder and stores every file over STOW-RS
 /// (`per_request` instances per request, keep-alive, mTLS with the development data-provider
-/// certificate) from `clients` concurrent clients, for each count in `counts`.
+/// certificate) from `clients` concurrent clients, for each count in `counts`. The count
+/// the target is set at (8 clients) runs `STOW_REPEATS` times and its median run (by
+/// throughput) is reported, as the offline figures are medians: the disk's flush time
+/// varies from run to run.
 pub async fn stow(
     hbs: &Path,
     work: &Path,
@@ -591,9 +597,38 @@ pub async fn stow(
     counts: &[usize],
     per_request: usize,
 ) -> Result<Vec<StowRun>> {
-    use std::io::BufRead;
+    const STOW_REPEATS: usize = 3;
     let mut runs = Vec::new();
     for &clients in counts {
+        let repeats = if clients == 8 { STOW_REPEATS } else { 1 };
+        let mut tries = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            tries.push(stow_once(hbs, work, inputs.clone(), clients, per_request).await?);
+        }
+        tries.sort_by(|a, b| a.per_s.total_cmp(&b.per_s));
+        let runs_note = tries
+            .iter()
+            .map(|r| format!("{:.0}", r.per_s))
+            .collect::<Vec<_>>();
+        let mut median = tries.swap_remove(tries.len() / 2);
+        if repeats > 1 {
+            median.note = format!("median of {repeats} (runs {})", runs_note.join(", "));
+        }
+        runs.push(median);
+    }
+    Ok(runs)
+}
+
+/// One STOW-RS load run (see [`stow`]).
+async fn stow_once(
+    hbs: &Path,
+    work: &Path,
+    inputs: Arc<Vec<Vec<u8>>>,
+    clients: usize,
+    per_request: usize,
+) -> Result<StowRun> {
+    use std::io::BufRead;
+    {
         let data = work.join(format!("stow-{clients}"));
         let _ = std::fs::remove_dir_all(&data);
         let mut child = Command::new(hbs)
@@ -665,13 +700,13 @@ pub async fn stow(
                 .copied()
                 .unwrap_or(f64::NAN)
         };
-        runs.push(StowRun {
+        Ok(StowRun {
             clients,
             per_request,
             per_s: all.len() as f64 / secs,
             p50: pct(0.50),
             p99: pct(0.99),
-        });
+            note: String::new(),
+        })
     }
-    Ok(runs)
 }

@@ -305,7 +305,7 @@ async fn store(
             },
         };
         let bytes = match field.bytes().await {
-            Ok(b) => b.to_vec(),
+            Ok(b) => Vec::from(b), // no copy when the part is the buffer's only owner
             Err(e) => {
                 failed.push((index, CANNOT_UNDERSTAND, format!("part {index}: {e}")));
                 index += 1;
