@@ -208,12 +208,18 @@ fn cohort_counts_know_the_corpus_and_never_show_a_small_cell() {
     assert_eq!(cells.len(), 2, "{split}");
     assert_eq!(cells[0].0, "external-validation");
     assert_eq!(cells[1].0, "fine-tuning");
-    // About 80% of 30 in fine-tuning; the rest (under 10) suppressed.
+    // About 80% of 30 in fine-tuning; the rest (usually under 10) suppressed. Which
+    // patients land in which split follows from their pseudonyms, which follow from this
+    // run's random broker secret: in about one run in 16 the external-validation split
+    // holds 10 or more, and is then shown, rounded, like any cell at the threshold.
     assert!(
         cells[1].1.is_some_and(|v| (15..=30).contains(&v)),
         "{split}"
     );
-    assert_eq!(cells[0].1, None, "{split}");
+    assert!(
+        cells[0].1.is_none_or(|v| v >= 10 && v % 5 == 0),
+        "a cell under the threshold is shown: {split}"
+    );
     let gr = count(
         &s,
         Some(r#"{"countries": ["GR"], "origin": "prospective"}"#),
