@@ -839,11 +839,9 @@ const EVENT_COLUMNS: &str =
     "seq, time_ms, role, site, name, serial, action, resource, decision, request_id, entry";
 const HASH_COLUMNS: &str = "idx, hash";
 
-/// Rows in the next multi-row INSERT: all that are left, up to 64. One statement (one
-/// round trip to the database) per 64 rows; each row count is its own prepared statement.
-fn chunk_len(left: usize) -> usize {
-    left.clamp(1, 64)
-}
+/// Most rows in one multi-row INSERT: one statement (one round trip to the database) per
+/// 64 rows; each row count is its own prepared statement.
+const ROWS_PER_STATEMENT: usize = 64;
 
 /// `INSERT INTO table (columns) VALUES ($1, ...), ...` for `rows` rows; built once per
 /// shape and kept, so it is the same string (and prepared statement) every time.
@@ -978,11 +976,12 @@ async fn write_locked(
         entries.push(String::from_utf8(entry).unwrap_or_default());
     }
     // Rows go in multi-row INSERTs of up to 64 rows, one round trip each.
-    let mut at = 0;
-    while at < events.len() {
-        let k = chunk_len(events.len() - at);
-        let mut q = sqlx::query(insert_sql("audit_events", EVENT_COLUMNS, k));
-        for (e, entry) in events[at..at + k].iter().zip(&entries[at..at + k]) {
+    for (evs, ents) in events
+        .chunks(ROWS_PER_STATEMENT)
+        .zip(entries.chunks(ROWS_PER_STATEMENT))
+    {
+        let mut q = sqlx::query(insert_sql("audit_events", EVENT_COLUMNS, evs.len()));
+        for (e, entry) in evs.iter().zip(ents) {
             q = q
                 .bind(e.seq as i64)
                 .bind(e.time_ms as i64)
@@ -997,17 +996,13 @@ async fn write_locked(
                 .bind(entry.clone());
         }
         q.execute(&mut *conn).await?;
-        at += k;
     }
-    let mut at = 0;
-    while at < new_hashes.len() {
-        let k = chunk_len(new_hashes.len() - at);
-        let mut q = sqlx::query(insert_sql("audit_hashes", HASH_COLUMNS, k));
-        for (i, h) in &new_hashes[at..at + k] {
+    for chunk in new_hashes.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(insert_sql("audit_hashes", HASH_COLUMNS, chunk.len()));
+        for (i, h) in chunk {
             q = q.bind(*i as i64).bind(h.0.to_vec());
         }
         q.execute(&mut *conn).await?;
-        at += k;
     }
     let end = start + events.len() as u64;
     let next: HashMap<u64, Hash> = tree::root_needs(end)

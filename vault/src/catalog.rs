@@ -240,11 +240,9 @@ async fn group_commit(
     }
 }
 
-/// Rows in the next multi-row statement: all that are left, up to 64. A statement is a
-/// round trip to the database; each row count is its own prepared statement.
-fn chunk_len(left: usize) -> usize {
-    left.clamp(1, 64)
-}
+/// Most rows in one multi-row statement. A statement is a round trip to the database;
+/// each row count is its own prepared statement.
+const ROWS_PER_STATEMENT: usize = 64;
 
 /// `($1, ..., $cols), (...)`: `rows` rows of placeholders.
 fn placeholders(rows: usize, cols: usize) -> String {
@@ -266,16 +264,14 @@ async fn insert_instance_rows(
     rows: &[(InstanceRow, Option<Acquisition>)],
 ) -> Result<Vec<bool>, sqlx::Error> {
     let mut inserted = std::collections::HashSet::new();
-    let mut at = 0;
-    while at < rows.len() {
-        let k = chunk_len(rows.len() - at);
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO instances ({INSTANCE_COLUMNS}, created_at) VALUES {}
              ON CONFLICT DO NOTHING RETURNING object_id",
-            placeholders(k, 16)
+            placeholders(chunk.len(), 16)
         );
         let mut q = sqlx::query(&sql);
-        for (r, _) in &rows[at..at + k] {
+        for (r, _) in chunk {
             q = q
                 .bind(&r.object_id)
                 .bind(&r.pseudonym)
@@ -297,7 +293,6 @@ async fn insert_instance_rows(
         for row in q.fetch_all(&mut *conn).await? {
             inserted.insert(row.try_get::<String, _>(0)?);
         }
-        at += k;
     }
     // Taking the ID out of the set makes a second copy in the same batch not new.
     Ok(rows
@@ -334,9 +329,7 @@ async fn upsert_series(
     conn: &mut sqlx::AnyConnection,
     series: &[&SeriesBatch<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut at = 0;
-    while at < series.len() {
-        let k = chunk_len(series.len() - at);
+    for chunk in series.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO series_facts (series_uid, pseudonym, site, study_uid, study_date, modality, sop_class,
                 manufacturer, model, series_description, image_type, scanning_sequence, echo_time_ms,
@@ -346,7 +339,7 @@ async fn upsert_series(
                 instances = series_facts.instances + excluded.instances,
                 temporal_positions = CASE WHEN excluded.temporal_positions > series_facts.temporal_positions
                     THEN excluded.temporal_positions ELSE series_facts.temporal_positions END",
-            placeholders(k, 18)
+            placeholders(chunk.len(), 18)
         );
         // Not kept prepared on PostgreSQL: sqlx 0.8 declares an absent f64 as float4, so a
         // statement prepared when a row had no echo time would later misread one row's
@@ -354,7 +347,7 @@ async fn upsert_series(
         // its own types.
         let keep = conn.backend_name() != "PostgreSQL";
         let mut q = sqlx::query(&sql).persistent(keep);
-        for b in &series[at..at + k] {
+        for b in chunk {
             let (r, a) = (b.row, b.acq);
             q = q
                 .bind(&r.series_uid)
@@ -377,25 +370,21 @@ async fn upsert_series(
                 .bind(now());
         }
         q.execute(&mut *conn).await?;
-        at += k;
     }
     let b_values: Vec<(&str, f64)> = series
         .iter()
         .flat_map(|b| b.b_values.iter().map(|v| (b.row.series_uid.as_str(), *v)))
         .collect();
-    let mut at = 0;
-    while at < b_values.len() {
-        let k = chunk_len(b_values.len() - at);
+    for chunk in b_values.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO series_b_values (series_uid, b_value) VALUES {} ON CONFLICT DO NOTHING",
-            placeholders(k, 2)
+            placeholders(chunk.len(), 2)
         );
         let mut q = sqlx::query(&sql);
-        for (uid, v) in &b_values[at..at + k] {
+        for (uid, v) in chunk {
             q = q.bind(*uid).bind(*v);
         }
         q.execute(&mut *conn).await?;
-        at += k;
     }
     Ok(())
 }
