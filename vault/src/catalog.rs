@@ -87,6 +87,10 @@ pub struct Catalog {
     engine: Engine,
     batcher: tokio::sync::mpsc::Sender<Pending>,
     hook: HookSlot,
+    /// Taken by the writes made outside the group commit on an ingest's path (a new
+    /// patient's key), so that they queue behind the group commit's transaction instead
+    /// of sleeping in SQLite's busy handler.
+    lock: Option<WriteLock>,
 }
 
 /// What an ingest asks the group commit to do inside the transaction that commits its
@@ -716,6 +720,7 @@ impl Catalog {
             .name("hbs-catalog-commit".into())
             .spawn({
                 let (pool, hook) = (pool.clone(), hook.clone());
+                let lock = lock.clone();
                 move || runtime.block_on(group_commit(pool, rx, lock, hook))
             })
             .map_err(|e| fail(&e))?;
@@ -724,6 +729,7 @@ impl Catalog {
             engine,
             batcher: tx,
             hook,
+            lock,
         };
         c.migrate().await?;
         Ok(c)
@@ -850,6 +856,10 @@ impl Catalog {
         site: &str,
         key: &PatientKey,
     ) -> Result<PatientKey, CatalogError> {
+        let held = match &self.lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO patients (pseudonym, site, wrapped_key, kek_version, key_version, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pseudonym) DO NOTHING",
@@ -862,6 +872,7 @@ impl Catalog {
         .bind(now())
         .execute(&self.pool)
         .await?;
+        drop(held);
         self.patient_key(pseudonym)
             .await?
             .ok_or(CatalogError::Db(sqlx::Error::RowNotFound))

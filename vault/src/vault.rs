@@ -189,7 +189,10 @@ pub struct Vault {
     store: BlobStore,
     keys: Pseudonymizer,
     keks: Arc<Mutex<Vec<Arc<Kek>>>>,
-    dek_cache: Arc<Mutex<HashMap<String, Arc<DataKey>>>>,
+    /// Unwrapped data keys by pseudonym. Each entry is filled once: concurrent first
+    /// uploads of a patient wait for one lookup (and one creation) instead of each
+    /// reading, and racing to create, the same key.
+    dek_cache: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<DataKey>>>>>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -352,14 +355,24 @@ impl Vault {
         p: &Pseudonym,
         create_for: Option<&SiteId>,
     ) -> Result<Arc<DataKey>, VaultError> {
-        if let Some(k) = self
+        let cell = self
             .dek_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(p.as_str())
-        {
-            return Ok(k.clone());
-        }
+            .entry(p.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.load_data_key(p, create_for))
+            .await
+            .cloned()
+    }
+
+    /// [`Vault::data_key`] without the cache.
+    async fn load_data_key(
+        &self,
+        p: &Pseudonym,
+        create_for: Option<&SiteId>,
+    ) -> Result<Arc<DataKey>, VaultError> {
         let rec = match self.catalog.patient_key(p.as_str()).await? {
             Some(r) => r,
             None if create_for.is_some() => {
@@ -384,15 +397,10 @@ impl Vault {
             None => return Err(VaultError::UnknownPatient(p.to_string())),
         };
         let kek = self.kek(rec.kek_version)?;
-        let dek = Arc::new(DataKey::new(
+        Ok(Arc::new(DataKey::new(
             &kek.unwrap_key(p.as_str(), &rec.wrapped)?,
             rec.key_version,
-        )?);
-        self.dek_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(p.to_string(), dek.clone());
-        Ok(dek)
+        )?))
     }
 
     /// The blob ID of an instance: derived from its (already pseudonymized) SOP UID.

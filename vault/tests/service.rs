@@ -235,6 +235,53 @@ async fn ingest_export_withdraw_rotate_on_every_database() {
     }
 }
 
+/// A study's first instances arrive at once (a STOW-RS request's parts, several sites'
+/// clients): every one of them is sealed with the one key the catalogue keeps for the
+/// new patient, so all of them open again after a restart (no cached key of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_patients_concurrent_first_uploads_share_one_key_on_every_database() {
+    let root = tempfile::tempdir().unwrap();
+    let dbs = common::databases("new_patient_concurrent", root.path()).await;
+    for (i, db) in dbs.iter().cloned().enumerate() {
+        let dir = root.path().join(format!("data{i}"));
+        let engine = if db.is_some() { "postgres" } else { "sqlite" };
+        let (v, cfg) = vault_for(&dir, db).await;
+        let site = SiteId::new("SITE_A").unwrap();
+        const N: usize = 24;
+        let mut set = tokio::task::JoinSet::new();
+        for n in 0..N {
+            let (v, site) = (v.clone(), site.clone());
+            set.spawn(async move {
+                let study = "1.3.6.1.4.1.99999.4242";
+                let bytes = instance("MRN-4242", "DOE^JANE", study, &format!("{study}.1.{n}"));
+                v.ingest(&site, bytes).await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(Ingested::Stored { duplicate, .. }) => assert!(!duplicate, "{engine}"),
+                other => panic!("{engine}: not stored: {other:?}"),
+            }
+        }
+        assert_eq!(
+            v.catalog().counts().await.unwrap(),
+            (1, N as i64, 0),
+            "{engine}"
+        );
+        v.close().await;
+        let v = Vault::open(&cfg).await.unwrap();
+        let rows = v.catalog().instances(None).await.unwrap();
+        assert_eq!(rows.len(), N, "{engine}");
+        for row in &rows {
+            let bytes = v.read_instance(row).await.unwrap_or_else(|e| {
+                panic!("{engine}: an instance does not open with the patient's key: {e}")
+            });
+            assert!(bytes.windows(4).any(|w| w == b"DICM"), "{engine}");
+        }
+        v.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_or_replayed_blobs_do_not_decrypt() {
     let root = tempfile::tempdir().unwrap();
