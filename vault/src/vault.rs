@@ -181,6 +181,9 @@ pub struct ReadyInstance {
     pseudonym_from_study: bool,
 }
 
+/// A patient's data key, filled once (see `Vault::data_key`).
+type KeySlot = Arc<tokio::sync::OnceCell<Arc<DataKey>>>;
+
 /// The vault over one data folder.
 #[derive(Clone)]
 pub struct Vault {
@@ -192,7 +195,7 @@ pub struct Vault {
     /// Unwrapped data keys by pseudonym. Each entry is filled once: concurrent first
     /// uploads of a patient wait for one lookup (and one creation) instead of each
     /// reading, and racing to create, the same key.
-    dek_cache: Arc<Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<DataKey>>>>>>,
+    dek_cache: Arc<Mutex<HashMap<String, KeySlot>>>,
 }
 
 impl std::fmt::Debug for Vault {
