@@ -482,7 +482,7 @@ pub async fn run(
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
     md.push_str(&format!(
-        "Produced by `cargo build --release -p hbs && HBS_PYTHON=.venv/bin/python target/release/hbs bench --patients {patients} --slices {slices} --jobs {jobs}` on {} ({threads} cores). The command rewrites this file; the figures below are from one run on the development machine, 2026-11-27.\n\n",
+        "Produced by `cargo build --release -p hbs && HBS_PYTHON=.venv/bin/python target/release/hbs bench --patients {patients} --slices {slices} --jobs {jobs}` on {} ({threads} cores). The command rewrites this file up to the audit log's section; the figures above that are from one run on {}. The sections from there on are written by their own commands (named in each) and keep the figures of their last run, which may have been on another machine of this kind: their absolute figures compare only within a section.\n\n",
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|c| {
@@ -491,6 +491,7 @@ pub async fn run(
                     .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
             })
             .unwrap_or_else(|| "unknown CPU".into()),
+        time::OffsetDateTime::now_utc().date(),
     ));
     md.push_str(&format!(
         "Corpus: `hbs synth` with {} patients, {} slices per series: {} files, {:.1} MB ({:.0} KB per file on average), Siemens/GE/Philips MR 256x256 16-bit slices, DCE, SEG; every file carries identifying values in the places scanners put them.\n\n",
@@ -552,25 +553,42 @@ pub async fn run(
 - gdcmanon's E.1.1 mode stores the original attributes, encrypted with the certificate, inside each output: the closest GDCM comes to a profile-based de-identifier. dicom-object's figure is reading and writing a file with no change, on the files it can read.\n\
 - Peak memory is the maximum resident set size of a `hbs deid` process (from /proc), which streams one file at a time; what grows with the corpus is its in-memory report, about 0.5 KB per file.\n",
     );
-    // Keep the sections other bench commands write (`hbs audit bench`, `hbs policy bench`).
+    // Keep the sections other bench commands write (`hbs audit bench`, `hbs policy bench`,
+    // `hbs enclave bench`, ...).
     if let Ok(old) = std::fs::read_to_string(report) {
-        for (start, end) in [
-            (crate::audit_bench::START, crate::audit_bench::END),
-            (crate::policy_bench::START, crate::policy_bench::END),
-            (crate::cohort_bench::START, crate::cohort_bench::END),
-        ] {
-            if let (Some(a), Some(b)) = (old.find(start), old.find(end)) {
-                if b > a {
-                    md.push('\n');
-                    md.push_str(&old[a..b + end.len()]);
-                    md.push('\n');
-                }
-            }
+        for section in marked_sections(&old) {
+            md.push('\n');
+            md.push_str(section);
+            md.push('\n');
         }
     }
     std::fs::write(report, &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// Every `<!-- NAME-bench start -->` ... `<!-- NAME-bench end -->` section of `report`,
+/// markers included, in order: what other bench commands wrote, which this one keeps.
+fn marked_sections(report: &str) -> Vec<&str> {
+    const TAIL: &str = "-bench start -->";
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = report[from..].find(TAIL).map(|i| from + i) {
+        let Some(a) = report[..i].rfind("<!-- ") else {
+            from = i + TAIL.len();
+            continue;
+        };
+        let end = format!("{}-bench end -->", &report[a..i]);
+        match report[i..].find(&end) {
+            Some(j) => {
+                let b = i + j + end.len();
+                out.push(&report[a..b]);
+                from = b;
+            }
+            None => from = i + TAIL.len(),
+        }
+    }
+    out
 }
 
 /// One STOW-RS load run: clients, instances/s, latency percentiles (ms).
@@ -708,5 +726,31 @@ async fn stow_once(
             p99: pct(0.99),
             note: String::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::marked_sections;
+
+    /// Rewriting the report keeps every other command's section, including ones added
+    /// after this command was written (the enclave's was once dropped).
+    #[test]
+    fn every_marked_section_survives_a_rewrite() {
+        let report = "# Benchmarks\nold figures\n\
+<!-- audit-bench start -->\n## Audit log\na\n<!-- audit-bench end -->\n\
+text between\n\
+<!-- enclave-bench start -->\n## Compute enclave\nb\n<!-- enclave-bench end -->\n\
+<!-- future-bench start -->\nc\n<!-- future-bench end -->\n\
+<!-- broken-bench start -->\nno end marker\n";
+        let kept = marked_sections(report);
+        assert_eq!(
+            kept,
+            vec![
+                "<!-- audit-bench start -->\n## Audit log\na\n<!-- audit-bench end -->",
+                "<!-- enclave-bench start -->\n## Compute enclave\nb\n<!-- enclave-bench end -->",
+                "<!-- future-bench start -->\nc\n<!-- future-bench end -->",
+            ]
+        );
     }
 }
