@@ -141,6 +141,14 @@ type Pending = (
 /// the other commits, where SQLite's own busy handler would sleep in growing steps.
 pub type WriteLock = std::sync::Arc<tokio::sync::Mutex<()>>;
 
+/// Waits for `lock`, when there is one, and holds it until the guard is dropped.
+async fn hold(lock: &Option<WriteLock>) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    match lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    }
+}
+
 /// Most rows committed in one transaction by the group commit.
 const MAX_BATCH: usize = 256;
 
@@ -169,10 +177,7 @@ async fn group_commit(
             works.push(work);
             replies.push(reply);
         }
-        let _held = match &lock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
+        let _held = hold(&lock).await;
         let result = async {
             let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
             let fresh = insert_instance_rows(&mut tx, &rows)
@@ -856,10 +861,7 @@ impl Catalog {
         site: &str,
         key: &PatientKey,
     ) -> Result<PatientKey, CatalogError> {
-        let held = match &self.lock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
+        let held = hold(&self.lock).await;
         sqlx::query(
             "INSERT INTO patients (pseudonym, site, wrapped_key, kek_version, key_version, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pseudonym) DO NOTHING",

@@ -358,13 +358,14 @@ impl Vault {
         p: &Pseudonym,
         create_for: Option<&SiteId>,
     ) -> Result<Arc<DataKey>, VaultError> {
-        let cell = self
-            .dek_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(p.to_string())
-            .or_default()
-            .clone();
+        let cell = {
+            let mut cache = self.dek_cache.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(p.as_str()) {
+                Some(cell) => cell.clone(),
+                // Only a patient's first lookup allocates its entry.
+                None => cache.entry(p.to_string()).or_default().clone(),
+            }
+        };
         cell.get_or_try_init(|| self.load_data_key(p, create_for))
             .await
             .cloned()
